@@ -1,0 +1,5 @@
+import sys
+
+from ctc_live.cli import main
+
+sys.exit(main())

@@ -1,0 +1,8 @@
+"""`ctc-live train`."""
+
+from ctc_live.cli import not_available
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="(not available yet: the classifier, issue 6)")
+    p.set_defaults(func=not_available("train", "the classifier, issue 6"))

@@ -1,0 +1,324 @@
+"""Run configuration: one pydantic model tree, loaded from YAML.
+
+Every section forbids unknown keys, so a typo is an error rather than a silently ignored
+setting. Relative paths in a YAML file are resolved against that file's folder, so a config
+means the same thing whatever the working directory is.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ctc_live.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_CONFIG_FILE = CONFIG_DIR / "sim.yaml"
+DEFAULT_MODEL_FILE = REPO_ROOT / "models" / "compact-sim.safetensors"
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
+    """Resolve a relative path against the folder of the YAML file being loaded."""
+    if path is None or path.is_absolute():
+        return path
+    base = (info.context or {}).get("base_dir")
+    return (Path(base) / path).resolve() if base else path.resolve()
+
+
+class CameraConfig(Section):
+    """Where frames come from and what they look like."""
+
+    core: Literal["sim", "replay", "micromanager"] = "sim"
+    mm_config: Path | None = Field(
+        None, description="Micro-Manager .cfg file; required when core is 'micromanager'"
+    )
+    recording: Path | None = Field(
+        None, description="OME-TIFF recording to replay; required when core is 'replay'"
+    )
+    replay_speed: PositiveFloat | Literal["max"] = Field(
+        1.0, description="replay at the recorded timing × this factor, or 'max' (as fast as possible)"
+    )
+    width: PositiveInt = 640
+    height: PositiveInt = 480
+    bit_depth: Annotated[int, Field(ge=8, le=16)] = 12
+    exposure_ms: PositiveFloat = 0.1
+    fps: PositiveFloat = 200.0
+    pixel_size_um: PositiveFloat = 0.5
+    buffer_mb: PositiveInt = Field(256, description="Micro-Manager circular buffer size")
+
+    _resolve_paths = field_validator("mm_config", "recording")(_resolve)
+
+    @model_validator(mode="after")
+    def _files_for_core(self) -> CameraConfig:
+        if self.core == "micromanager":
+            _require_file(self.mm_config, "mm_config", "a Micro-Manager .cfg file")
+        if self.core == "replay":
+            _require_file(self.recording, "recording", "an OME-TIFF recording")
+        return self
+
+
+def _require_file(path: Path | None, field: str, what: str) -> None:
+    if path is None:
+        raise ValueError(f"{field} is required here: expected the path of {what}")
+    if not path.is_file():
+        raise ValueError(f"{field}: file {str(path)!r} does not exist: expected {what}")
+
+
+class ChannelConfig(Section):
+    """Microfluidic channel geometry in the field of view; cells flow along +x."""
+
+    width_um: PositiveFloat = 120.0
+    center_y_um: PositiveFloat | None = Field(
+        None, description="channel centre line, µm from the image top; default: image centre"
+    )
+    mean_velocity_mm_s: PositiveFloat = 5.0
+    velocity_jitter: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.02, description="relative spread of a cell's velocity around the flow profile"
+    )
+
+
+class SimulationConfig(Section):
+    """The simulated flow of cells (used when camera.core is 'sim')."""
+
+    seed: int = 0
+    cell_rate_hz: PositiveFloat = 100.0
+    ctc_fraction: Fraction = 0.05
+    wbc_diameter_um: tuple[PositiveFloat, NonNegativeFloat] = Field(
+        (11.5, 1.0), description="mean and standard deviation"
+    )
+    ctc_diameter_um: tuple[PositiveFloat, NonNegativeFloat] = Field(
+        (11.5, 2.2), description="mean and standard deviation"
+    )
+    debris_rate_hz: NonNegativeFloat = 5.0
+    fluorescence: bool = False
+
+
+class SegmentationConfig(Section):
+    method: Literal["realtime", "reference"] = "realtime"
+    min_diameter_um: PositiveFloat = 5.0
+    max_diameter_um: PositiveFloat = 30.0
+    crop_size: PositiveInt = 30
+    background_frames: PositiveInt = Field(
+        32, description="frames in the running-median background model"
+    )
+    background_every: PositiveInt = Field(
+        4, description="add one frame in this many to the background model"
+    )
+    min_solidity: Fraction = 0.85
+    max_eccentricity: Fraction = 0.85
+
+    @model_validator(mode="after")
+    def _diameters_ordered(self) -> SegmentationConfig:
+        if self.min_diameter_um >= self.max_diameter_um:
+            raise ValueError(
+                f"min_diameter_um ({self.min_diameter_um}) must be below "
+                f"max_diameter_um ({self.max_diameter_um})"
+            )
+        return self
+
+
+class ClassifierConfig(Section):
+    model: Path = DEFAULT_MODEL_FILE
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threshold: Fraction = Field(0.5, description="P(CTC) at or above which a cell is a CTC")
+    max_batch: PositiveInt = 64
+    max_wait_ms: NonNegativeFloat = Field(
+        2.0, description="longest a crop waits for its batch to fill"
+    )
+
+    _resolve_paths = field_validator("model")(_resolve)
+
+
+class TrackingConfig(Section):
+    """Linking detections into tracks and deciding once per cell."""
+
+    max_missed_frames: Annotated[int, Field(ge=0)] = 1
+    link_tolerance_um: PositiveFloat = Field(
+        6.0, description="largest distance between a track's predicted and observed position"
+    )
+    min_observations: PositiveInt = Field(3, description="crops needed before deciding early")
+    max_crops_per_track: PositiveInt = 8
+    uncertain_band: tuple[Fraction, Fraction] = Field(
+        (0.2, 0.8), description="P(CTC) inside this band after all evidence: uncertain"
+    )
+    decide_margin_um: NonNegativeFloat = Field(
+        20.0, description="decide once a cell is this close to leaving the field"
+    )
+
+    @field_validator("uncertain_band")
+    @classmethod
+    def _band_ordered(cls, band: tuple[float, float]) -> tuple[float, float]:
+        if band[0] > band[1]:
+            raise ValueError(f"uncertain_band {list(band)} must be [low, high] with low <= high")
+        return band
+
+
+class EmulatorConfig(Section):
+    """The sorter controller emulator (sorter.port: emulator)."""
+
+    latency_us: NonNegativeFloat = 1000.0
+    jitter_us: NonNegativeFloat = 500.0
+    clock_offset_us: float = 10_000_000.0
+    drift_ppm: float = 50.0
+    pulse_jitter_us: NonNegativeFloat = 20.0
+
+
+class SorterConfig(Section):
+    enabled: bool = Field(True, description="false: count only, never fire")
+    port: str = Field("emulator", description="serial port path, or 'emulator'")
+    baudrate: PositiveInt = 115200
+    sort_distance_um: PositiveFloat = Field(
+        1500.0, description="from the image's left edge (x=0) to the sorting region's centre"
+    )
+    sort_region_um: PositiveFloat = Field(100.0, description="length of the sorting region")
+    pulse_margin_um: NonNegativeFloat = Field(
+        10.0, description="extra length on each side of the cell covered by the pulse"
+    )
+    min_pulse_us: PositiveFloat = 200.0
+    max_pulse_us: PositiveFloat = 20_000.0
+    min_lead_ms: PositiveFloat = Field(
+        5.0, description="a pulse due sooner than this is a late decision and is not sent"
+    )
+    reply_timeout_ms: PositiveFloat = 500.0
+    emulator: EmulatorConfig = EmulatorConfig()
+
+    @model_validator(mode="after")
+    def _widths_ordered(self) -> SorterConfig:
+        if self.min_pulse_us > self.max_pulse_us:
+            raise ValueError(
+                f"min_pulse_us ({self.min_pulse_us}) must not exceed max_pulse_us "
+                f"({self.max_pulse_us})"
+            )
+        return self
+
+
+class PipelineConfig(Section):
+    frame_queue: PositiveInt = Field(64, description="frames waiting for segmentation")
+    crop_queue: PositiveInt = Field(1024, description="crops waiting for classification")
+    deadline_ms: PositiveFloat = Field(20.0, description="end-to-end latency target per cell")
+
+
+class StorageConfig(Section):
+    # Relative to the working directory, not the config file: runs land where the user works.
+    runs_dir: Path = Path("runs")
+    commit_interval_s: PositiveFloat = 1.0
+    record: bool = Field(False, description="record every frame to the run directory")
+
+
+class DashboardConfig(Section):
+    enabled: bool = Field(True, description="open the window when a display is present")
+    refresh_hz: PositiveFloat = 30.0
+    history_s: PositiveFloat = 300.0
+
+
+class Config(Section):
+    name: str = "sim"
+    camera: CameraConfig = CameraConfig()
+    channel: ChannelConfig = ChannelConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    segmentation: SegmentationConfig = SegmentationConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    sorter: SorterConfig = SorterConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    storage: StorageConfig = StorageConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+
+    @model_validator(mode="after")
+    def _channel_inside_frame(self) -> Config:
+        height_um = self.camera.height * self.camera.pixel_size_um
+        if self.channel.width_um > height_um:
+            raise ValueError(
+                f"channel.width_um ({self.channel.width_um}) is wider than the image "
+                f"({height_um:g} µm = camera.height × camera.pixel_size_um)"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a config file (default: configs/sim.yaml).
+
+    Raises ConfigError with one message naming the file, each bad field, its value and what
+    was expected.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (camera:, sorter:, ...), "
+            f"got {type(data).__name__}"
+        )
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return validate_config(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def validate_config(data: dict[str, Any], source: str, base_dir: Path | None = None) -> Config:
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            problems.append(f"  {field}: unknown key (value {err['input']!r}); check the spelling")
+        elif err["type"] == "missing":
+            problems.append(f"  {field}: required but missing")
+        else:
+            problems.append(f"  {field}: got {_short(err.get('input'))}: {message}")
+    plural = "s" if len(problems) > 1 else ""
+    return f"{source}: invalid config ({len(problems)} problem{plural}):\n" + "\n".join(problems)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,20 @@
+"""Logging set-up shared by every command: one logger per module, one format."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level.upper(), format=FORMAT, force=True)
+
+
+def log_to_file(path: Path) -> logging.Handler:
+    """Also write the log into a run's directory; returns the handler so it can be removed."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FORMAT))
+    logging.getLogger().addHandler(handler)
+    return handler
