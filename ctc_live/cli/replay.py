@@ -1,8 +1,53 @@
-"""`ctc-live replay`."""
+"""`ctc-live replay`: the live pipeline driven by a recording."""
 
-from ctc_live.cli import not_available
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ctc_live.cli.run import _common, parse_overrides, run_pipeline
+from ctc_live.config import load_config
+from ctc_live.errors import CtcLiveError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("replay", help="(not available yet: the live pipeline, issue 8)")
-    p.set_defaults(func=not_available("replay", "the live pipeline, issue 8"))
+    p = sub.add_parser(
+        "replay",
+        help="run the live pipeline on a recording (OME-TIFF from `ctc-live record`/--record)",
+        description="Streams the recording through the replay camera (the same Micro-Manager "
+        "API as the live camera). Sorting is off: the cells are not in the channel any more.",
+    )
+    p.add_argument("recording", type=Path, metavar="RECORDING")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--speed", type=float, default=None, metavar="X",
+                       help="replay at X times the recorded rate (default 1)")
+    speed.add_argument("--max", action="store_true", help="replay as fast as possible")
+    p.add_argument("--config", type=Path, default=None,
+                   help="config for the stages (default: the one stored in the recording)")
+    _common(p)
+    p.set_defaults(func=replay_command)
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    from ctc_live.acquisition import Recording
+    from ctc_live.config import apply_overrides, validate_config
+
+    if not args.recording.is_file():
+        raise CtcLiveError(f"{args.recording}: no such recording")
+    if args.speed is not None and args.speed <= 0:
+        raise CtcLiveError(f"--speed {args.speed}: expected a positive factor")
+    overrides = parse_overrides(args.set)
+    overrides["camera.core"] = "replay"
+    overrides["camera.recording"] = str(args.recording.resolve())
+    overrides["camera.replay_speed"] = "max" if args.max else (args.speed or 1.0)
+    overrides["sorter.enabled"] = False
+    if args.config is not None:
+        config = load_config(args.config, overrides=overrides)
+    else:
+        import yaml
+
+        with Recording(args.recording) as recording:
+            data = yaml.safe_load(recording.config_yaml) or {}
+        apply_overrides(data, overrides)
+        config = validate_config(data, source=f"{args.recording} (stored config)")
+    return run_pipeline(config, args)

@@ -1,8 +1,76 @@
-"""`ctc-live report`."""
+"""`ctc-live report RUN_DIR`: summarise a run, finished or crashed, from its run store."""
 
-from ctc_live.cli import not_available
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from ctc_live.storage import read_run
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="(not available yet: the run store, issue 8)")
-    p.set_defaults(func=not_available("report", "the run store, issue 8"))
+    p = sub.add_parser("report", help="summarise a run directory (finished or crashed)")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=report_command)
+
+
+def summarise_store(run_dir: Path) -> dict:
+    data = read_run(run_dir)
+    run = data["run"]
+    frames = data["frames"][-1] if data["frames"] else None
+    decisions = Counter(c["decision"] for c in data["cells"])
+    outcomes = Counter(p["outcome"] for p in data["pulses"])
+    latencies = sorted(c["latency_ms"] for c in data["cells"] if c["latency_ms"] is not None)
+    return {
+        "run_dir": str(run_dir),
+        "status": run.get("status", "unknown"),
+        "config": run.get("config_name"),
+        "started_at": run.get("started_at"),
+        "stopped_at": run.get("stopped_at"),
+        "frames": None if frames is None else {
+            "elapsed_s": frames["elapsed_s"], "produced": frames["produced"],
+            "processed": frames["processed"], "dropped": json.loads(frames["dropped"]),
+        },
+        "cells": {"total": len(data["cells"]), **dict(decisions)},
+        "pulses": dict(outcomes),
+        "latency_ms_end_to_end": _percentiles(latencies),
+        "events": dict(Counter(f"{e['level']}:{e['kind']}" for e in data["events"])),
+    }
+
+
+def _percentiles(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    def at(q: float) -> float:
+        return round(values[min(len(values) - 1, int(q / 100 * len(values)))], 3)
+    return {"p50": at(50), "p99": at(99), "count": len(values)}
+
+
+def report_command(args: argparse.Namespace) -> int:
+    report = summarise_store(args.run_dir)
+    if report["status"] == "running":
+        report["status"] = "running or crashed (no clean stop recorded)"
+    summary_file = args.run_dir / "summary.json"
+    if summary_file.is_file():
+        report["summary"] = json.loads(summary_file.read_text())
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"run {report['run_dir']}  [{report['status']}]  config {report['config']}")
+    print(f"  started {report['started_at']}  stopped {report['stopped_at'] or '-'}")
+    f = report["frames"]
+    if f:
+        print(f"  frames: produced {f['produced']}, processed {f['processed']}, "
+              f"dropped {f['dropped']} (at {f['elapsed_s']:.1f} s)")
+    print(f"  cells: {report['cells']}")
+    print(f"  pulses: {report['pulses'] or 'none'}")
+    if report["latency_ms_end_to_end"]:
+        print(f"  end-to-end latency ms: {report['latency_ms_end_to_end']}")
+    if report["events"]:
+        print(f"  events: {report['events']}")
+    if "summary" in report and "truth" in report["summary"]:
+        print(f"  truth: {json.dumps(report['summary']['truth'])}")
+    return 0

@@ -1,0 +1,261 @@
+"""The decision and trigger thread: evidence per track → one decision per cell → pulse.
+
+Its inbox carries, in arrival order, the segmentation thread's observations and track ends
+and the classifier's scores. A cell is decided as soon as enough confident crops are scored,
+or when it leaves the field with all its crops scored (or after a timeout, if scores are
+lost). For a CTC the pulse is planned from the track's last position and fitted velocity and
+handed to the sorter; a pulse that could not be scheduled in time is a late decision and is
+never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ctc_live.config import Config
+from ctc_live.pipeline.decision import Evidence, classify, combine, plan_pulse
+from ctc_live.pipeline.messages import Observation, ScoreDropped, TrackEnded
+from ctc_live.pipeline.stats import LatencyHistogram, RateMeter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecisionCounts:
+    """Written by the decision thread (and the sorter's outcome callback); read by views."""
+
+    cells: int = 0
+    ctc: int = 0
+    wbc: int = 0
+    uncertain: int = 0
+    noise_tracks: int = 0  # shorter than min_track_length: not counted as cells
+    evidence_timeouts: int = 0
+    late: int = 0
+    pulses: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ["sent", "done", "missed", "lost", "cancelled", "error"], 0
+        )
+    )
+
+
+@dataclass
+class FinishedCell:
+    """What the simulator's scorer needs of a decided track."""
+
+    track_id: int
+    decision: str
+    p_ctc: float | None
+    crop_p: list[float]
+    path: list[tuple[float, float, float]]  # (scene time, x µm, y µm)
+
+
+class Decider:
+    def __init__(self, config: Config, store, sorter=None, keep_finished: bool = False):
+        self.config = config
+        self.store = store
+        self.sorter = sorter
+        self.keep_finished = keep_finished
+        self.threshold = config.classifier.threshold
+        self.inbox: queue.Queue = queue.Queue(maxsize=100_000)
+        self.counts = DecisionCounts()
+        self.cell_rate = RateMeter()
+        self.ctc_rate = RateMeter()
+        self.latency = {
+            "classification": LatencyHistogram(),  # crop queued → scored
+            "decision": LatencyHistogram(),
+            "end_to_end": LatencyHistogram(config.pipeline.deadline_ms),
+        }
+        self.states: dict[int, str] = {}  # track id → pending | ctc | wbc | uncertain
+        self.current_p: dict[int, float] = {}  # track id → P(CTC) so far, for views
+        self.finished: list[FinishedCell] = []
+        self.pulses: dict[int, dict] = {}
+        self._tracks: dict[int, Evidence] = {}
+        self._thread = threading.Thread(target=self._run, name="decision", daemon=True)
+        self._stop = threading.Event()
+
+    # -- thread -----------------------------------------------------------------------------
+
+    def start(self) -> Decider:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Handle everything queued, then stop."""
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        next_expiry = 0
+        while not (self._stop.is_set() and self.inbox.empty()):
+            try:
+                self.handle(self.inbox.get(timeout=0.01))
+            except queue.Empty:
+                pass
+            if time.monotonic_ns() >= next_expiry:
+                self._expire_waiting()
+                next_expiry = time.monotonic_ns() + 10_000_000
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def handle(self, message) -> None:
+        received = time.monotonic_ns()
+        if isinstance(message, Observation):
+            ev = self._observe(message)
+            ev.last_exposure_ns, ev.last_input_ns = message.exposure_ns, message.segmented_ns
+        elif isinstance(message, TrackEnded):
+            ev = self._tracks.get(message.track_id)
+            if ev is None:
+                return
+            ev.ended, ev.ended_ns = True, received
+            if ev.frozen_crops is None:
+                ev.frozen_crops = ev.crops
+                ev.last_exposure_ns, ev.last_input_ns = message.exposure_ns, message.segmented_ns
+        elif isinstance(message, ScoreDropped):
+            ev = self._tracks.get(message.track_id)
+            if ev is None:
+                return
+            ev.dropped.append(message.crop_index)
+        else:  # classification.Classified, keyed by its Observation
+            obs: Observation = message.key
+            ev = self._tracks.get(obs.track_id)
+            if ev is None:
+                return
+            ev.scores.append(message.p_ctc)
+            self.current_p[obs.track_id] = ev.p_ctc
+            self.latency["classification"].add(message.done_ns - message.submitted_ns)
+            ev.last_exposure_ns, ev.last_input_ns = obs.exposure_ns, message.done_ns
+        self._maybe_decide(ev)
+
+    def _observe(self, obs: Observation) -> Evidence:
+        ev = self._tracks.get(obs.track_id)
+        if ev is None:
+            ev = Evidence(obs.track_id, first_frame=obs.frame, x_first_um=obs.x_um,
+                          y_first_um=obs.y_um)
+            self._tracks[obs.track_id] = ev
+            self.states[obs.track_id] = "pending"
+        ev.last_frame = obs.frame
+        ev.n_obs += 1
+        ev.exposure_ns, ev.x_um, ev.y_um = obs.exposure_ns, obs.x_um, obs.y_um
+        ev.velocity_um_s = obs.velocity_um_s
+        ev.diameters.append(obs.diameter_um)
+        if obs.crop is not None:
+            ev.crops += 1
+        if obs.leaving and ev.frozen_crops is None:
+            ev.frozen_crops = ev.crops
+        if self.keep_finished and obs.scene_time_s is not None:
+            ev.path.append((obs.scene_time_s, obs.x_um, obs.y_um))
+        return ev
+
+    def _maybe_decide(self, ev: Evidence) -> None:
+        tracking = self.config.tracking
+        decided = self.states.get(ev.track_id, "pending") != "pending"
+        if not decided and ev.n_obs >= tracking.min_track_length:
+            scores = ev.evidence_for_decision(
+                tracking.min_observations, self.threshold, tracking.uncertain_margin
+            )
+            if scores is not None:
+                self._decide(ev, combine(scores))
+                decided = True
+        if ev.ended and (decided or ev.n_obs < tracking.min_track_length):
+            self._finish(ev)
+
+    def _expire_waiting(self) -> None:
+        """Decide ended tracks whose scores did not all come back in time."""
+        timeout_ns = self.config.tracking.evidence_timeout_ms * 1e6
+        now = time.monotonic_ns()
+        for ev in list(self._tracks.values()):
+            if ev.ended and now - ev.ended_ns > timeout_ns:
+                if ev.n_obs >= self.config.tracking.min_track_length:
+                    self.counts.evidence_timeouts += 1
+                    if self.states[ev.track_id] == "pending":
+                        self._decide(ev, ev.p_ctc)
+                self._finish(ev)
+
+    # -- decision and trigger ---------------------------------------------------------------
+
+    def _decide(self, ev: Evidence, p_ctc: float | None) -> None:
+        ev.p_decided = p_ctc
+        decision = classify(p_ctc, self.threshold, self.config.tracking.uncertain_margin)
+        self.states[ev.track_id] = decision
+        c = self.counts
+        c.cells += 1
+        self.cell_rate.total += 1
+        setattr(c, decision, getattr(c, decision) + 1)
+        if decision == "ctc":
+            self.ctc_rate.total += 1
+            if self.sorter is not None:
+                self._trigger(ev)
+        done = time.monotonic_ns()
+        self.latency["decision"].add(done - ev.last_input_ns)
+        ev.decided_ns = done
+        if math.isnan(ev.latency_ms):  # not set by a pulse: the decision ends the chain
+            ev.latency_ms = (done - ev.last_exposure_ns) / 1e6
+            self.latency["end_to_end"].add(done - ev.last_exposure_ns)
+
+    def _trigger(self, ev: Evidence) -> None:
+        sorter_cfg = self.config.sorter
+        if not math.isfinite(ev.velocity_um_s) or ev.velocity_um_s <= 0:
+            self._record_late(ev, "no velocity estimate")
+            return
+        target_ns, width_us = plan_pulse(
+            ev.x_um, ev.velocity_um_s, ev.exposure_ns, ev.diameter_um, sorter_cfg
+        )
+        lead_ms = (target_ns - time.monotonic_ns()) / 1e6
+        if lead_ms < sorter_cfg.min_lead_ms:
+            self._record_late(ev, f"pulse due in {lead_ms:.1f} ms")
+            return
+        pulse_id = self.sorter.fire(target_ns, width_us)
+        sent_ns = time.monotonic_ns()
+        ev.latency_ms = (sent_ns - ev.last_exposure_ns) / 1e6
+        self.latency["end_to_end"].add(sent_ns - ev.last_exposure_ns)
+        self.counts.pulses["sent"] += 1
+        row = {"pulse_id": pulse_id, "track_id": ev.track_id, "target_ns": target_ns,
+               "width_us": width_us, "sent_ns": sent_ns, "outcome": "pending"}
+        self.pulses[pulse_id] = row
+        self.store.put("pulses", row)
+
+    def _record_late(self, ev: Evidence, why: str) -> None:
+        self.counts.late += 1
+        self.store.event("warning", "late", f"track {ev.track_id}: late decision, not fired ({why})")
+
+    def on_pulse_outcome(self, outcome) -> None:
+        """Sorter driver callback (its reader thread): a pulse's final outcome."""
+        row = self.pulses.get(outcome.id)
+        if row is None:
+            return
+        name = outcome.outcome
+        self.counts.pulses[name] = self.counts.pulses.get(name, 0) + 1
+        row = row | {"outcome": name, "actual_start_ns": outcome.actual_start_host_ns,
+                     "error_us": outcome.error_us}
+        self.pulses[outcome.id] = row
+        self.store.put("pulses", row)
+
+    # -- finishing ----------------------------------------------------------------------------
+
+    def _finish(self, ev: Evidence) -> None:
+        del self._tracks[ev.track_id]
+        decision = self.states.pop(ev.track_id)
+        self.current_p.pop(ev.track_id, None)
+        if ev.n_obs < self.config.tracking.min_track_length:
+            self.counts.noise_tracks += 1
+            return
+        self.store.put("cells", {
+            "track_id": ev.track_id, "first_frame": ev.first_frame, "last_frame": ev.last_frame,
+            "n_obs": ev.n_obs, "n_scored": ev.scored, "x_first_um": ev.x_first_um,
+            "y_first_um": ev.y_first_um, "x_last_um": ev.x_um, "y_last_um": ev.y_um,
+            "velocity_um_s": ev.velocity_um_s, "diameter_um": ev.diameter_um,
+            "p_ctc": ev.p_decided, "decision": decision, "threshold": self.threshold,
+            "decided_ns": ev.decided_ns,
+            "latency_ms": ev.latency_ms,
+        })
+        if self.keep_finished:
+            self.finished.append(FinishedCell(ev.track_id, decision, ev.p_decided, ev.scores, ev.path))
+
+    @property
+    def pending(self) -> int:
+        return len(self._tracks)

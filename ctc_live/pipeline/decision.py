@@ -1,0 +1,113 @@
+"""Per-cell evidence, the decision rule, and the pulse each CTC needs.
+
+Plain functions and one small record, so the rule can be read and tested apart from threads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ctc_live.config import SorterConfig
+
+# Scores are clipped before taking log-odds: one over-confident crop must not outvote many.
+P_CLIP = 1e-4
+
+
+def logit(p: float) -> float:
+    p = min(max(p, P_CLIP), 1 - P_CLIP)
+    return math.log(p / (1 - p))
+
+
+def combine(scores: list[float]) -> float:
+    """P(CTC) of a cell from its crops' P(CTC): the mean log-odds, so that more crops make
+    the evidence steadier, not more extreme."""
+    return 1 / (1 + math.exp(-sum(map(logit, scores)) / len(scores)))
+
+
+def classify(p_ctc: float | None, threshold: float, margin: float) -> str:
+    if p_ctc is None or abs(p_ctc - threshold) < margin:
+        return "uncertain"
+    return "ctc" if p_ctc >= threshold else "wbc"
+
+
+@dataclass
+class Evidence:
+    """What the decision thread knows about one track."""
+
+    track_id: int
+    first_frame: int
+    last_frame: int = 0
+    n_obs: int = 0
+    crops: int = 0  # crops queued for scoring, in track order (index = crop_index)
+    dropped: list[int] = field(default_factory=list)  # crop indices the classifier never got
+    scores: list[float] = field(default_factory=list)  # P(CTC) per crop, in crop order
+    ended: bool = False
+    frozen_crops: int | None = None  # crops that count, fixed when the cell leaves or ends
+    ended_ns: int = 0  # when the decision thread learned the track ended
+    # Kinematics of the latest observation.
+    exposure_ns: int = 0
+    x_um: float = 0.0
+    y_um: float = 0.0
+    x_first_um: float = 0.0
+    y_first_um: float = 0.0
+    velocity_um_s: float = 0.0
+    diameters: list[float] = field(default_factory=list)
+    # The event that completed the evidence: its exposure and when it reached this thread.
+    last_exposure_ns: int = 0
+    last_input_ns: int = 0
+    decided_ns: int = 0
+    p_decided: float | None = None  # the P(CTC) the decision was taken on
+    latency_ms: float = float("nan")  # exposure of the deciding frame → decision (or pulse)
+    # Simulator scoring: (scene time, x, y) of each observation.
+    path: list[tuple[float, float, float]] = field(default_factory=list)
+
+    @property
+    def scored(self) -> int:
+        return len(self.scores)
+
+    @property
+    def p_ctc(self) -> float | None:
+        return combine(self.scores) if self.scores else None
+
+    @property
+    def diameter_um(self) -> float:
+        d = sorted(self.diameters)
+        return d[len(d) // 2] if d else float("nan")
+
+    def evidence_for_decision(
+        self, min_scores: int, threshold: float, margin: float
+    ) -> list[float] | None:
+        """The crop scores to decide on now, or None to wait.
+
+        Which crops count depends only on the track, never on how fast scores come back, so
+        a replay gives the same decisions at any speed: the first ``min_scores`` crops when
+        they are already confident, else every crop sent before the cell began to leave.
+        """
+        if self.scored >= min_scores:
+            early = self.scores[:min_scores]
+            if classify(combine(early), threshold, margin) != "uncertain":
+                return early
+        if self.frozen_crops is not None:
+            needed = self.frozen_crops - sum(i < self.frozen_crops for i in self.dropped)
+            if self.scored >= needed:
+                return self.scores[:needed]
+        return None
+
+
+def plan_pulse(
+    x_um: float, velocity_um_s: float, exposure_ns: int, diameter_um: float, sorter: SorterConfig
+) -> tuple[int, float]:
+    """(start in host ns, width in µs) of the pulse that deflects a cell seen at x_um.
+
+    The sorter's acoustic beam is a line across the channel at sort_distance_um: the cell is
+    deflected if the pulse is on while its centre crosses that line. The pulse is centred on
+    the predicted crossing and covers the uncertainty of that prediction: a fixed margin plus
+    a tenth of the cell's diameter (the centroid of a larger cell is less certain). It is no
+    longer, because every other cell crossing while it is on is deflected too (purity).
+    """
+    crossing_ns = exposure_ns + (sorter.sort_distance_um - x_um) / velocity_um_s * 1e9
+    half_um = sorter.pulse_margin_um + 0.05 * diameter_um
+    width_us = 2 * half_um / velocity_um_s * 1e6
+    width_us = min(max(width_us, sorter.min_pulse_us), sorter.max_pulse_us)
+    return int(crossing_ns - width_us * 500), width_us

@@ -1,0 +1,48 @@
+"""Records passed between the pipeline's threads, each stamped with time.monotonic_ns().
+
+Scores come back from the classifier as ``classification.Classified`` whose key is the
+:class:`Observation` the crop belongs to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class Observation:
+    """Segmentation → classification/decision: one detection linked to a track."""
+
+    track_id: int
+    frame: int
+    exposure_ns: int
+    segmented_ns: int
+    scene_time_s: float | None
+    x_um: float
+    y_um: float
+    diameter_um: float
+    velocity_um_s: float
+    leaving: bool  # the cell will be out of the field by the next frame
+    crop: np.ndarray | None  # queued for scoring; None when not (edge, track has enough)
+    crop_index: int  # k for the track's k-th crop queued for scoring, -1 without a crop
+
+
+@dataclass(slots=True)
+class TrackEnded:
+    """Segmentation → decision: the track's cell has left the field (or the stream ended)."""
+
+    track_id: int
+    frame: int
+    exposure_ns: int
+    segmented_ns: int
+
+
+@dataclass(slots=True)
+class ScoreDropped:
+    """Segmentation → decision: the classifier's queue was full, this crop will not be
+    scored, so the decision must not wait for it."""
+
+    track_id: int
+    crop_index: int

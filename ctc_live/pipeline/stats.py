@@ -1,0 +1,64 @@
+"""Counters and latency histograms shared between stage threads and views.
+
+Each counter and histogram has exactly one writer (the stage that owns it); readers (the
+dashboard, the status line, the summary) read without locks. An int assignment and a numpy
+element increment are atomic enough for monitoring: a reader sees a value that is at most
+one update old, and the writer never waits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Log-spaced bins from 10 µs to 10 s: fine where the pipeline lives, coarse where it fails.
+LATENCY_BINS_MS = np.logspace(-2, 4, 121)
+
+
+class LatencyHistogram:
+    """Latency distribution of one stage; percentiles from the histogram, O(1) per sample."""
+
+    def __init__(self, deadline_ms: float | None = None) -> None:
+        self.counts = np.zeros(len(LATENCY_BINS_MS) + 1, dtype=np.int64)
+        self.deadline_ms = deadline_ms
+        self.deadline_misses = 0
+        self.total = 0
+        self.max_ms = 0.0
+
+    def add(self, latency_ns: int) -> None:
+        ms = latency_ns / 1e6
+        self.counts[np.searchsorted(LATENCY_BINS_MS, ms)] += 1
+        self.total += 1
+        self.max_ms = max(self.max_ms, ms)
+        if self.deadline_ms is not None and ms > self.deadline_ms:
+            self.deadline_misses += 1
+
+    def percentile(self, q: float) -> float:
+        """Upper edge of the bin holding the q-th percentile (never under-reports)."""
+        counts = self.counts.copy()
+        total = int(counts.sum())
+        if total == 0:
+            return float("nan")
+        index = int(np.searchsorted(np.cumsum(counts), q / 100 * total))
+        if index >= len(LATENCY_BINS_MS):
+            return self.max_ms
+        return float(min(LATENCY_BINS_MS[index], self.max_ms))
+
+
+class RateMeter:
+    """Events per second over the last completed one-second window."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._window_start_total = 0
+        self._window_start_ns = 0
+        self.rate = 0.0
+
+    def tick(self, now_ns: int) -> None:
+        """Called by the reader once a second (or more often) to close windows."""
+        if self._window_start_ns == 0:
+            self._window_start_ns, self._window_start_total = now_ns, self.total
+            return
+        elapsed = (now_ns - self._window_start_ns) / 1e9
+        if elapsed >= 1.0:
+            self.rate = (self.total - self._window_start_total) / elapsed
+            self._window_start_ns, self._window_start_total = now_ns, self.total

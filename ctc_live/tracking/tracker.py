@@ -1,0 +1,135 @@
+"""Frame-to-frame linking along the flow."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ctc_live.tracking.flow import FlowModel
+
+# Relative error of a speed taken from the flow profile alone (a track seen once) and from a
+# track's own fit: they set how far along x a detection may be from its prediction.
+PRIOR_SPEED_ERROR = 0.3
+FITTED_SPEED_ERROR = 0.03
+
+
+@dataclass
+class Track:
+    id: int
+    t_s: list[float] = field(default_factory=list)
+    x_um: list[float] = field(default_factory=list)
+    y_um: list[float] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+    misses: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.t_s)
+
+    def velocity(self, flow: FlowModel) -> float:
+        """Speed along x (µm/s): fitted to the last observations, or the flow prior."""
+        if self.n < 2:
+            return flow.expected(self.y_um[-1])
+        t = np.asarray(self.t_s[-8:])
+        x = np.asarray(self.x_um[-8:])
+        return float(np.polyfit(t - t[-1], x, 1)[0])
+
+    def predict_x(self, t_s: float, flow: FlowModel) -> float:
+        return self.x_um[-1] + self.velocity(flow) * (t_s - self.t_s[-1])
+
+    def mean_y(self) -> float:
+        return float(np.mean(self.y_um))
+
+
+@dataclass
+class TrackerUpdate:
+    track_ids: np.ndarray  # one id per detection, in the order given
+    new: list[Track]
+    ended: list[Track]
+
+
+class Tracker:
+    def __init__(
+        self,
+        flow: FlowModel,
+        field_width_um: float,
+        tolerance_um: float,
+        max_missed_frames: int,
+    ) -> None:
+        self.flow = flow
+        self.field_width_um = field_width_um
+        self.tolerance_um = tolerance_um
+        self.max_missed_frames = max_missed_frames
+        self.active: dict[int, Track] = {}
+        self._ids = itertools.count(1)
+
+    def update(
+        self, frame: int, t_s: float, x_um: np.ndarray, y_um: np.ndarray
+    ) -> TrackerUpdate:
+        """Link this frame's detections (positions in µm) to the active tracks."""
+        tracks = list(self.active.values())
+        track_of = self._assign(tracks, t_s, x_um, y_um)
+        ids = np.zeros(len(x_um), dtype=np.int64)
+        new: list[Track] = []
+        matched: set[int] = set()
+        for i in range(len(x_um)):
+            track = track_of.get(i)
+            if track is None:
+                track = Track(next(self._ids))
+                self.active[track.id] = track
+                new.append(track)
+            else:
+                matched.add(track.id)
+            track.t_s.append(t_s)
+            track.x_um.append(float(x_um[i]))
+            track.y_um.append(float(y_um[i]))
+            track.frames.append(frame)
+            track.misses = 0
+            ids[i] = track.id
+        ended = []
+        for track in tracks:
+            if track.id in matched:
+                continue
+            track.misses += 1
+            gone = track.predict_x(t_s, self.flow) > self.field_width_um
+            if gone or track.misses > self.max_missed_frames:
+                ended.append(self._end(track))
+        return TrackerUpdate(ids, new, ended)
+
+    def finish(self) -> list[Track]:
+        """End every active track (the stream stopped)."""
+        return [self._end(t) for t in list(self.active.values())]
+
+    def _end(self, track: Track) -> Track:
+        del self.active[track.id]
+        if track.n >= 4:
+            self.flow.learn(track.mean_y(), track.velocity(self.flow))
+        return track
+
+    def _assign(
+        self, tracks: list[Track], t_s: float, x_um: np.ndarray, y_um: np.ndarray
+    ) -> dict[int, Track]:
+        """Greedy assignment by normalised distance inside each track's gate."""
+        candidates = []
+        tol = self.tolerance_um
+        for track in tracks:
+            v = track.velocity(self.flow)
+            dt = t_s - track.t_s[-1]
+            error = PRIOR_SPEED_ERROR if track.n < 2 else FITTED_SPEED_ERROR
+            gate_x = tol + error * abs(v * dt)
+            dx = x_um - (track.x_um[-1] + v * dt)
+            dy = y_um - track.y_um[-1]
+            ok = (np.abs(dx) <= gate_x) & (np.abs(dy) <= tol) & (x_um >= track.x_um[-1] - tol)
+            for i in np.flatnonzero(ok):
+                candidates.append(((dx[i] / gate_x) ** 2 + (dy[i] / tol) ** 2, int(i), track))
+        candidates.sort(key=lambda c: c[0])
+        taken_tracks: set[int] = set()
+        track_of: dict[int, Track] = {}
+        for _, i, track in candidates:
+            if i in track_of or track.id in taken_tracks:
+                continue
+            track_of[i] = track
+            taken_tracks.add(track.id)
+        return track_of
