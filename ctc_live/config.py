@@ -154,10 +154,10 @@ class SegmentationConfig(Section):
         1.3, description="erosion after opening: the gradient mask spills this far past the cell"
     )
     split_below_solidity: Fraction = Field(
-        0.85, description="realtime: only blobs less solid than this are split by watershed"
+        0.9, description="realtime: only blobs less solid than this are tried for a split"
     )
     split_depth: Fraction = Field(
-        0.5, description="watershed seeds: distance maxima at least this × the blob's maximum high"
+        0.35, description="watershed seeds: distance maxima at least this × the blob's maximum high"
     )
     max_aspect: PositiveFloat = Field(
         3.0, description="longer/shorter axis above this: a wall edge or streak, not a cell"
@@ -222,11 +222,19 @@ class TrackingConfig(Section):
 class EmulatorConfig(Section):
     """The sorter controller emulator (sorter.port: emulator)."""
 
-    latency_us: NonNegativeFloat = 1000.0
-    jitter_us: NonNegativeFloat = 500.0
-    clock_offset_us: float = 10_000_000.0
-    drift_ppm: float = 50.0
-    pulse_jitter_us: NonNegativeFloat = 20.0
+    latency_us: NonNegativeFloat = Field(1000.0, description="one-way serial latency, mean")
+    jitter_us: NonNegativeFloat = Field(
+        500.0, description="one-way latency spread: uniform within latency_us ± jitter_us"
+    )
+    clock_offset_us: NonNegativeFloat = Field(
+        10_000_000.0, description="the controller clock's reading when the emulator starts"
+    )
+    drift_ppm: Annotated[float, Field(ge=-500, le=500)] = Field(
+        50.0, description="the controller clock's rate error against the host's"
+    )
+    pulse_jitter_us: NonNegativeFloat = Field(
+        20.0, description="pulse start lateness, uniform 0..this (a timer never fires early)"
+    )
 
 
 class SorterConfig(Section):

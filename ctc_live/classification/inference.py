@@ -1,0 +1,163 @@
+"""Running a trained classifier: one-shot ``predict`` and the live batching stage."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctc_live.classification.modelfile import load_model
+from ctc_live.classification.networks import fuse_batchnorm, prepare
+from ctc_live.errors import CtcLiveError
+
+log = logging.getLogger(__name__)
+
+# Largest number of crops sent through the network at once by predict(); bounds memory.
+CHUNK = 512
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CtcLiveError("classifier device 'cuda' requested but no CUDA GPU is available")
+    if device not in ("cpu", "cuda"):
+        raise CtcLiveError(f"unknown classifier device {device!r}: expected auto, cpu or cuda")
+    return torch.device(device)
+
+
+class Classifier:
+    """A network ready for inference: BatchNorm folded, channels-last, eval mode."""
+
+    def __init__(self, model: nn.Module, card: dict, device: str = "auto"):
+        self.card = card
+        self.device = resolve_device(device)
+        self.input_size = int(card["input_size"])
+        self.normalisation = card["normalisation"]
+        self.threshold = float(card["threshold"])
+        self.model = fuse_batchnorm(model.eval()).to(self.device)
+        self.model = self.model.to(memory_format=torch.channels_last)
+
+    def predict(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """Crops (N, h, w) float or integer, or a list of crops of any sizes → P(CTC), (N,)."""
+        x = prepare(crops, self.input_size, self.normalisation)
+        out = np.empty(len(x), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(x), CHUNK):
+                batch = x[start:start + CHUNK].to(self.device)
+                batch = batch.contiguous(memory_format=torch.channels_last)
+                p = torch.softmax(self.model(batch).float(), dim=1)[:, 1]
+                out[start:start + len(batch)] = p.cpu().numpy()
+        return out
+
+    def features(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """The penultimate-layer features (for t-SNE maps)."""
+        x = prepare(crops, self.input_size, self.normalisation)
+        with torch.inference_mode():
+            return np.concatenate([
+                self.model.features(x[s:s + CHUNK].to(self.device)).cpu().numpy()
+                for s in range(0, max(len(x), 1), CHUNK)
+            ]) if len(x) else np.zeros((0, 0), np.float32)
+
+
+def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
+    model, card = load_model(Path(path))
+    log.info("classifier %s: %s, input %d px, threshold %.2f", path, card["architecture"],
+             card["input_size"], card["threshold"])
+    return Classifier(model, card, device)
+
+
+@dataclass(slots=True)
+class Classified:
+    key: Hashable
+    p_ctc: float
+    submitted_ns: int
+    done_ns: int
+    batch_size: int
+
+
+@dataclass
+class BatchStats:
+    crops: int = 0
+    batches: int = 0
+    dropped_in: int = 0     # submit() found the input queue full
+    dropped_out: int = 0    # the consumer did not keep up with results
+    batch_ns: list[int] = field(default_factory=list)
+
+
+class BatchClassifier:
+    """A thread that batches crops from many frames and classifies them.
+
+    A batch closes when it holds ``max_batch`` crops or when its oldest crop has waited
+    ``max_wait_ms``, so latency stays bounded at low rates and throughput high at high ones.
+    ``submit`` never blocks: a full input queue drops the crop and counts it; results go to
+    ``results`` (bounded), and a full results queue also counts its drops.
+    """
+
+    def __init__(self, classifier: Classifier, max_batch: int = 64, max_wait_ms: float = 2.0,
+                 queue_size: int = 1024):
+        self.classifier = classifier
+        self.max_batch = max_batch
+        self.max_wait_ns = int(max_wait_ms * 1e6)
+        self.inbox: queue.Queue = queue.Queue(queue_size)
+        self.results: queue.Queue[Classified] = queue.Queue(queue_size)
+        self.stats = BatchStats()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="classifier", daemon=True)
+
+    def start(self) -> BatchClassifier:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def submit(self, key: Hashable, crop: np.ndarray) -> bool:
+        try:
+            self.inbox.put_nowait((key, crop, time.monotonic_ns()))
+            return True
+        except queue.Full:
+            self.stats.dropped_in += 1
+            return False
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self.inbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            batch = [first]
+            deadline = first[2] + self.max_wait_ns
+            while len(batch) < self.max_batch:
+                left = (deadline - time.monotonic_ns()) / 1e9
+                try:
+                    batch.append(self.inbox.get(timeout=left) if left > 0
+                                 else self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self._classify(batch)
+
+    def _classify(self, batch: list) -> None:
+        start = time.monotonic_ns()
+        crops = [c for _, c, _ in batch]
+        same = all(c.shape == crops[0].shape for c in crops)
+        p = self.classifier.predict(np.stack(crops) if same else crops)
+        done = time.monotonic_ns()
+        self.stats.batches += 1
+        self.stats.crops += len(batch)
+        self.stats.batch_ns.append(done - start)
+        del self.stats.batch_ns[:-1000]
+        for (key, _, submitted), pi in zip(batch, p):
+            try:
+                self.results.put_nowait(Classified(key, float(pi), submitted, done, len(batch)))
+            except queue.Full:
+                self.stats.dropped_out += 1

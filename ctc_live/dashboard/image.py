@@ -1,0 +1,175 @@
+"""The live image: latest frame, levels control and per-cell overlays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from qtpy import QtCore, QtGui, QtWidgets
+
+from ctc_live.pipeline.snapshot import CellView, Snapshot
+
+STATE_COLOURS = {
+    "ctc": (235, 40, 40),
+    "wbc": (40, 200, 70),
+    "uncertain": (255, 150, 0),
+    "pending": (170, 170, 170),
+}
+STATE_LABELS = {"ctc": "CTC", "wbc": "WBC", "uncertain": "uncertain", "pending": "pending"}
+# CTCs are what the operator looks for: thicker outline so they stand out at a glance.
+STATE_PEN_WIDTH = {"ctc": 3.5, "wbc": 2.0, "uncertain": 2.5, "pending": 1.5}
+# Auto contrast from a subsample: percentiles of every 8th pixel track the full frame closely
+# and cost microseconds.
+AUTO_LEVEL_STEP = 8
+LABEL_POINT_SIZE = 11
+AUTO_LEVEL_PERCENTILES = (0.5, 99.5)
+
+
+def legend_html() -> str:
+    return " ".join(
+        f'<span style="color: rgb{STATE_COLOURS[s]}; font-weight: bold">■ {STATE_LABELS[s]}</span>'
+        for s in STATE_COLOURS
+    )
+
+
+def auto_levels(frame: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(frame[::AUTO_LEVEL_STEP, ::AUTO_LEVEL_STEP], AUTO_LEVEL_PERCENTILES)
+    return float(lo), float(max(hi, lo + 1))
+
+
+class LiveImage(QtWidgets.QWidget):
+    """Shows the latest frame of each snapshot with boxes coloured by each cell's state."""
+
+    def __init__(self, max_value: int, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.max_value = max_value
+        self.shown_frame_number: int | None = None
+        self._setting_levels = False
+
+        self.info = QtWidgets.QLabel("no frame yet")
+        self.info.setStyleSheet("font-size: 15px; font-weight: bold")
+        legend = QtWidgets.QLabel(legend_html())
+        legend.setStyleSheet("font-size: 15px")
+        self.auto_contrast = QtWidgets.QCheckBox("auto contrast")
+        self.auto_contrast.setChecked(True)
+        header = QtWidgets.QHBoxLayout()
+        header.addWidget(self.info)
+        header.addStretch(1)
+        header.addWidget(legend)
+        header.addSpacing(16)
+        header.addWidget(self.auto_contrast)
+
+        self.view_widget = pg.GraphicsLayoutWidget()
+        self.view = self.view_widget.addViewBox(lockAspect=True, invertY=True)
+        self.view.setMenuEnabled(False)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.view.addItem(self.image)
+        self.histogram = pg.HistogramLUTItem()
+        self.histogram.setImageItem(self.image)
+        # The histogram is redrawn by update_histogram() at the slow panel rate: recomputing
+        # it (and repainting its axis) on every frame costs more than showing the frame.
+        self.image.sigImageChanged.disconnect(self.histogram.imageChanged)
+        self.histogram.setLevels(0, max_value)
+        self.histogram.sigLevelChangeFinished.connect(self._levels_changed)
+        self.view_widget.addItem(self.histogram)
+
+        self.boxes: dict[str, QtWidgets.QGraphicsPathItem] = {}
+        for state, colour in STATE_COLOURS.items():
+            item = QtWidgets.QGraphicsPathItem()
+            pen = pg.mkPen(colour, width=STATE_PEN_WIDTH[state])
+            pen.setCosmetic(True)
+            item.setPen(pen)
+            item.setZValue(10)
+            self.view.addItem(item)
+            self.boxes[state] = item
+        self.labels: dict[int, pg.TextItem] = {}  # by track id
+        self._label_state: dict[int, str] = {}  # by track id: the state its label shows
+        self._spare_labels: list[pg.TextItem] = []
+        self.sort_line = pg.InfiniteLine(
+            angle=90,
+            pen=pg.mkPen((0, 200, 255), width=2, style=QtCore.Qt.PenStyle.DashLine),
+            label="sort",
+            labelOpts={"position": 0.05, "color": (0, 200, 255)},
+        )
+        self.sort_line.setZValue(5)
+        self.sort_line.hide()
+        self.view.addItem(self.sort_line)
+
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(header)
+        layout.addWidget(self.view_widget, 1)
+
+    def _levels_changed(self) -> None:
+        # A levels change we did not make is the operator dragging the histogram: hold it.
+        if not self._setting_levels:
+            self.auto_contrast.setChecked(False)
+
+    def update_from(self, snap: Snapshot) -> None:
+        age = snap.frame_age_ms
+        age_text = "" if age is None else f"   age {age:,.1f} ms"
+        self.info.setText(f"frame {snap.frame_number:,}{age_text}")
+        if snap.frame is None or snap.frame_number == self.shown_frame_number:
+            return
+        self._set_frame(snap.frame)
+        self.shown_frame_number = snap.frame_number
+        self._draw_cells(snap.cells)
+        if snap.sort_line_px is None:
+            self.sort_line.hide()
+        else:
+            self.sort_line.setValue(snap.sort_line_px)
+            self.sort_line.show()
+
+    def update_histogram(self) -> None:
+        if self.image.image is None:
+            return
+        self._setting_levels = True
+        try:
+            self.histogram.imageChanged()
+        finally:
+            self._setting_levels = False
+
+    def _set_frame(self, frame: np.ndarray) -> None:
+        first = self.image.image is None
+        if self.auto_contrast.isChecked():
+            levels = auto_levels(frame)
+        else:
+            levels = self.histogram.getLevels()
+        self.image.setImage(frame, autoLevels=False, levels=levels)
+        if first:
+            self.view.autoRange(padding=0)
+            self.update_histogram()
+
+    def _draw_cells(self, cells: tuple[CellView, ...]) -> None:
+        paths = {state: QtGui.QPainterPath() for state in self.boxes}
+        # A track keeps its label while it is in view: re-laying out text is the dearest part
+        # of an overlay, so text is set only when a track appears or changes state.
+        current = {cell.track_id for cell in cells}
+        for track_id in [t for t in self.labels if t not in current]:
+            label = self.labels.pop(track_id)
+            del self._label_state[track_id]
+            label.hide()
+            self._spare_labels.append(label)
+        for cell in cells:
+            row0, col0, row1, col1 = cell.bbox
+            paths[cell.state].addRect(QtCore.QRectF(col0, row0, col1 - col0, row1 - row0))
+            label = self.labels.get(cell.track_id)
+            if label is None:
+                label = self._spare_labels.pop() if self._spare_labels else self._new_label()
+                self.labels[cell.track_id] = label
+                label.show()
+            if self._label_state.get(cell.track_id) != cell.state:
+                label.setText(str(cell.track_id), color=STATE_COLOURS[cell.state])
+                self._label_state[cell.track_id] = cell.state
+            label.setPos(col0, row0)
+        for state, item in self.boxes.items():
+            item.setPath(paths[state])
+
+    def _new_label(self) -> pg.TextItem:
+        label = pg.TextItem(anchor=(0, 1))
+        font = QtGui.QFont()
+        font.setPointSize(LABEL_POINT_SIZE)
+        font.setBold(True)
+        label.setFont(font)
+        label.setZValue(11)
+        self.view.addItem(label)
+        return label

@@ -1,0 +1,84 @@
+"""`ctc-live bench pipeline`: the highest frame rate the whole pipeline sustains without a
+drop, and its latencies, on the simulated rig, with the compact model and the ResNet-50."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from ctc_live.bench import BenchOptions, Figure, benchmark
+from ctc_live.config import load_config
+
+log = logging.getLogger(__name__)
+
+RATES_FPS = (200, 300, 400, 500, 700, 1000)
+
+
+def run_once(config, seconds: float, classifier=None) -> dict:
+    from ctc_live.pipeline import Pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline = Pipeline(config, Path(tmp), classifier=classifier).start()
+        pipeline.wait(seconds)
+        return pipeline.stop()
+
+
+def lossless(summary: dict) -> bool:
+    return (
+        sum(summary["frames"]["dropped"].values()) == 0
+        and summary["crops"]["dropped"] == 0
+        and summary["frames"]["unaccounted"] == 0
+        and summary["camera_error"] is None
+    )
+
+
+def sustained(config_file, seconds: float, classifier=None, label: str = "") -> list[Figure]:
+    """Step up the frame rate until the pipeline drops; report the last lossless rate."""
+    best, best_summary = 0, None
+    for fps in RATES_FPS:
+        config = load_config(config_file, overrides={"camera.fps": fps, "sorter.enabled": False})
+        summary = run_once(config, seconds, classifier)
+        ok = lossless(summary)
+        log.info("%s %d fps for %.0f s: %s", label, fps, seconds, "lossless" if ok else "drops")
+        if not ok:
+            break
+        best, best_summary = fps, summary
+    figures = [Figure(f"{label} sustained rate, no drops", best, "fps")]
+    if best_summary is not None:
+        lat = best_summary["latency_ms"]
+        for stage in ("segmentation", "classification", "end_to_end"):
+            figures.append(Figure(f"{label} {stage} latency p99 @ {best} fps",
+                                  lat[stage]["p99"] or float("nan"), "ms"))
+    return figures
+
+
+@benchmark("pipeline", help="highest lossless frame rate of the whole pipeline, and latency")
+def bench_pipeline(options: BenchOptions) -> list[Figure]:
+    import torch
+
+    from ctc_live.classification import Classifier, build_network
+
+    seconds = 5.0 if options.quick else 30.0
+    figures = []
+    # The default run at its own rate: latencies and the simulator's scores with sorting on.
+    summary = run_once(load_config(options.config_file), seconds)
+    truth = summary.get("truth", {})
+    lat = summary["latency_ms"]["end_to_end"]
+    figures += [
+        Figure("default run: end-to-end latency p50", lat["p50"] or float("nan"), "ms"),
+        Figure("default run: end-to-end latency p99", lat["p99"] or float("nan"), "ms"),
+        Figure("default run: frames dropped", sum(summary["frames"]["dropped"].values()), "frames"),
+        Figure("default run: cell accuracy", truth.get("cell_accuracy") or 0.0, "fraction",
+               baseline=truth.get("single_crop_accuracy"), baseline_name="single crop"),
+        Figure("default run: recovery", truth.get("recovery") or 0.0, "fraction"),
+        Figure("default run: purity", truth.get("purity") or 0.0, "fraction"),
+    ]
+    compact = sustained(options.config_file, seconds, label="compact")
+    # The ResNet-50's speed does not depend on its weights: an untrained one is timed.
+    config = load_config(options.config_file)
+    resnet = Classifier(build_network("resnet50"), {"architecture": "resnet50"},
+                        config.classifier.device)
+    torch.manual_seed(0)
+    figures += compact + sustained(options.config_file, seconds, resnet, label="resnet50")
+    return figures

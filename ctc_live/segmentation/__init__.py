@@ -1,0 +1,7 @@
+"""Finding cells in frames: the paper's segmentation recipe, real-time and reference methods,
+per-cell records with normalised crops, and the live flow segmenter with its background model."""
+
+from ctc_live.segmentation.regions import CSV_FIELDS, CellRecord
+from ctc_live.segmentation.single import segment_image
+
+__all__ = ["CSV_FIELDS", "CellRecord", "segment_image"]

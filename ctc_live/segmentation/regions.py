@@ -1,0 +1,229 @@
+"""From a segmentation mask to cells: shape features, shape rules, records and crops.
+
+Both segmentation methods end here, so a cell is described and accepted the same way whichever
+method found it. Features come from each blob's outer contour (OpenCV moments), which costs
+microseconds per cell.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ctc_live.config import SegmentationConfig
+
+
+@dataclass(slots=True)
+class CellRecord:
+    """One detected cell in one frame. Coordinates: x = column (along the flow), y = row."""
+
+    frame_number: int
+    label: int
+    x_px: float
+    y_px: float
+    x_um: float
+    y_um: float
+    bbox: tuple[int, int, int, int]  # x, y, width, height in px
+    area_px: int
+    diameter_um: float  # equivalent-circle diameter
+    solidity: float
+    eccentricity: float
+    mean_intensity: float
+    touches_edge: bool
+    single_cell: bool
+    crop: np.ndarray = field(repr=False)  # (crop_size, crop_size) float32, normalised
+
+    def row(self) -> dict:
+        """The record without its crop, for tables and CSV files."""
+        return {name: getattr(self, name) for name in CSV_FIELDS}
+
+
+CSV_FIELDS = (
+    "frame_number", "label", "x_px", "y_px", "x_um", "y_um", "bbox", "area_px", "diameter_um",
+    "solidity", "eccentricity", "mean_intensity", "touches_edge", "single_cell",
+)
+
+
+@dataclass(slots=True)
+class Shape:
+    """Shape of one blob, measured on its outer contour."""
+
+    contour: np.ndarray
+    cx: float
+    cy: float
+    polygon_area: float
+    solidity: float
+    eccentricity: float
+    major_px: float
+    minor_px: float
+    bbox: tuple[int, int, int, int]
+
+
+def measure_contour(contour: np.ndarray) -> Shape | None:
+    """Shape features of one outer contour; None for a degenerate (zero-area) contour."""
+    m = cv2.moments(contour)
+    if m["m00"] <= 0:
+        return None
+    hull_area = cv2.contourArea(cv2.convexHull(contour))
+    # Eigenvalues of the blob's second-moment matrix: its equivalent ellipse's axes.
+    a, b, c = m["mu20"] / m["m00"], m["mu02"] / m["m00"], m["mu11"] / m["m00"]
+    root = math.sqrt(((a - b) / 2) ** 2 + c * c)
+    lam1, lam2 = (a + b) / 2 + root, max((a + b) / 2 - root, 0.0)
+    return Shape(
+        contour=contour,
+        cx=m["m10"] / m["m00"],
+        cy=m["m01"] / m["m00"],
+        polygon_area=m["m00"],
+        solidity=m["m00"] / hull_area if hull_area > 0 else 1.0,
+        eccentricity=math.sqrt(1 - lam2 / lam1) if lam1 > 0 else 0.0,
+        major_px=4 * math.sqrt(lam1),
+        minor_px=4 * math.sqrt(lam2),
+        bbox=cv2.boundingRect(contour),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRules:
+    """The config's µm limits converted to pixels for one pixel size."""
+
+    min_area_px: float
+    max_area_px: float
+    max_blob_area_px: float
+    max_length_px: float
+    max_aspect: float
+    min_solidity: float
+    max_eccentricity: float
+
+    @classmethod
+    def from_config(cls, cfg: SegmentationConfig, pixel_size_um: float) -> ShapeRules:
+        r_min = cfg.min_diameter_um / 2 / pixel_size_um
+        r_max = cfg.max_diameter_um / 2 / pixel_size_um
+        return cls(
+            min_area_px=math.pi * r_min**2,
+            max_area_px=math.pi * r_max**2,
+            # A clump of a few touching cells is still reported (not as a single cell); a wall
+            # edge, a streak or a large static structure is not.
+            max_blob_area_px=3 * math.pi * r_max**2,
+            max_length_px=5 * r_max,
+            max_aspect=cfg.max_aspect,
+            min_solidity=cfg.min_solidity,
+            max_eccentricity=cfg.max_eccentricity,
+        )
+
+    def is_cell(self, shape: Shape, area_px: int, touches_edge: bool) -> bool:
+        """Could this blob be a cell (or a few touching ones)? Rejects debris, wall edges,
+        streaks and large static structures. A cell cut by the frame edge may look thin, so
+        the aspect rule spares blobs at the edge; the length rule does not."""
+        if not self.min_area_px <= area_px <= self.max_blob_area_px:
+            return False
+        if shape.major_px > self.max_length_px:
+            return False
+        return touches_edge or shape.major_px <= self.max_aspect * max(shape.minor_px, 1.0)
+
+    def is_single(self, shape: Shape, area_px: int) -> bool:
+        return (
+            self.min_area_px <= area_px <= self.max_area_px
+            and shape.solidity >= self.min_solidity
+            and shape.eccentricity <= self.max_eccentricity
+        )
+
+
+class CropNormaliser:
+    """Cuts the fixed-size crop around a centroid and removes brightness and background.
+
+    The background under the cell is modelled as a plane fitted to the crop's border pixels
+    (a cloudy or dim background is rarely flat over 30 px), subtracted, and the rest divided by
+    its standard deviation. The result is unchanged by any gain and offset of the image and by
+    a linear background gradient.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        index = np.arange(size * size).reshape(size, size)
+        self._border = np.concatenate(
+            [index[0], index[-1], index[1:-1, 0], index[1:-1, -1]]
+        )
+        yy, xx = np.divmod(self._border, size)
+        design = np.stack([np.ones_like(xx), xx, yy], axis=1).astype(np.float64)
+        self._fit = np.linalg.pinv(design).astype(np.float32)  # least-squares plane
+        gy, gx = np.mgrid[0:size, 0:size].astype(np.float32)
+        self._gx, self._gy = gx, gy
+
+    def __call__(self, image: np.ndarray, cx: float, cy: float) -> np.ndarray:
+        crop = self.cut(image, cx, cy)
+        c0, c1, c2 = self._fit @ crop.ravel().take(self._border)
+        crop -= c0
+        crop -= c1 * self._gx
+        crop -= c2 * self._gy
+        std = float(cv2.meanStdDev(crop)[1][0, 0])
+        if std > 0:
+            crop *= 1.0 / std
+        return crop
+
+    def cut(self, image: np.ndarray, cx: float, cy: float) -> np.ndarray:
+        """float32 crop centred on (cx, cy); parts outside the image repeat its edge pixels."""
+        s = self.size
+        x0 = int(round(cx)) - s // 2
+        y0 = int(round(cy)) - s // 2
+        h, w = image.shape
+        if 0 <= x0 and 0 <= y0 and x0 + s <= w and y0 + s <= h:
+            return image[y0 : y0 + s, x0 : x0 + s].astype(np.float32)
+        ys = np.clip(np.arange(y0, y0 + s), 0, h - 1)
+        xs = np.clip(np.arange(x0, x0 + s), 0, w - 1)
+        return image[np.ix_(ys, xs)].astype(np.float32)
+
+
+def measure_contours(contours: list[np.ndarray]) -> list[Shape]:
+    return [shape for shape in map(measure_contour, contours) if shape is not None]
+
+
+def records_from_shapes(
+    shapes: list[Shape],
+    image: np.ndarray,
+    frame_number: int,
+    rules: ShapeRules,
+    crops: CropNormaliser,
+    pixel_size_um: float,
+    labels: np.ndarray,
+    crop_source: np.ndarray | None = None,
+) -> list[CellRecord]:
+    """Keep the blobs that pass the shape rules, draw them into ``labels`` (zeroed here;
+    ids 1..n in record order) and describe each as a CellRecord with its crop, cut from
+    ``crop_source`` (default: ``image``)."""
+    crop_source = image if crop_source is None else crop_source
+    labels[:] = 0
+    h, w = image.shape
+    records: list[CellRecord] = []
+    for shape in shapes:
+        x, y, bw, bh = shape.bbox
+        label_id = len(records) + 1
+        cv2.drawContours(labels, [shape.contour], -1, label_id, cv2.FILLED)
+        inside = labels[y : y + bh, x : x + bw] == label_id
+        area = int(np.count_nonzero(inside))
+        touches_edge = x == 0 or y == 0 or x + bw >= w or y + bh >= h
+        if not rules.is_cell(shape, area, touches_edge):
+            labels[y : y + bh, x : x + bw][inside] = 0
+            continue
+        records.append(
+            CellRecord(
+                frame_number=frame_number,
+                label=label_id,
+                x_px=shape.cx,
+                y_px=shape.cy,
+                x_um=shape.cx * pixel_size_um,
+                y_um=shape.cy * pixel_size_um,
+                bbox=(x, y, bw, bh),
+                area_px=area,
+                diameter_um=2 * math.sqrt(area / math.pi) * pixel_size_um,
+                solidity=shape.solidity,
+                eccentricity=shape.eccentricity,
+                mean_intensity=cv2.mean(image[y : y + bh, x : x + bw], inside.view(np.uint8))[0],
+                touches_edge=touches_edge,
+                single_cell=rules.is_single(shape, area),
+                crop=crops(crop_source, shape.cx, shape.cy),
+            )
+        )
+    return records

@@ -1,0 +1,42 @@
+"""Running the live segmenter on the simulated rig and scoring it against the scene."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ctc_live.config import Config
+from ctc_live.segmentation.flow import FlowSegmenter
+from ctc_live.segmentation.scoring import FlowScore, score_flow_frame
+
+
+@dataclass
+class FlowRun:
+    score: FlowScore
+    seconds_per_frame: list[float] = field(default_factory=list)  # after the warm-up
+
+
+def run_simulated_flow(config: Config, n_frames: int) -> FlowRun:
+    """Render ``n_frames`` frames at the camera's frame rate, segment each with a
+    FlowSegmenter and score the frames after the background warm-up."""
+    from ctc_live.simulation.scene import FlowScene
+
+    scene = FlowScene(config)
+    segmenter = FlowSegmenter(config)
+    px, fps = config.camera.pixel_size_um, config.camera.fps
+    run = FlowRun(FlowScore(0, 0, 0))
+    for number in range(n_frames):
+        t_s = number / fps
+        image = scene.render(t_s)
+        start = time.perf_counter()
+        cells = segmenter.process(image, number)
+        elapsed = time.perf_counter() - start
+        if number < config.segmentation.background_frames:
+            continue
+        run.seconds_per_frame.append(elapsed)
+        visible = [(c.x_um(t_s) / px, c.y_um / px, c.diameter_um / px, c.kind)
+                   for c in scene.visible_cells(t_s)]
+        truth = [v[:3] for v in visible if v[3] != "debris"]
+        debris = [v[:3] for v in visible if v[3] == "debris"]
+        run.score = run.score + score_flow_frame(cells, truth, debris, image.shape[1])
+    return run

@@ -1,0 +1,1 @@
+"""Datasets, the paper's training protocol, reports and evaluation for the classifier."""

@@ -1,0 +1,245 @@
+"""Classifier networks, model files and inference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ctc_live.classification import (
+    BatchClassifier,
+    ModelFileError,
+    build_network,
+    load_classifier,
+    prepare,
+    save_model,
+)
+from ctc_live.classification.modelfile import card_path, load_init_weights
+from ctc_live.classification.networks import normalisation_card
+from ctc_live.errors import CtcLiveError
+
+
+def torchvision_resnet50_shapes() -> dict[str, tuple]:
+    """torchvision.models.resnet50's state-dict keys and shapes, written from the architecture
+    (He et al. 2016; torchvision's Bottleneck with the stride on the 3×3 conv)."""
+    shapes: dict[str, tuple] = {}
+
+    def bn(prefix: str, n: int) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{name}"] = (n,)
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    shapes["conv1.weight"] = (64, 3, 7, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    for layer, (planes, blocks) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)], start=1):
+        for b in range(blocks):
+            p = f"layer{layer}.{b}"
+            shapes[f"{p}.conv1.weight"] = (planes, inplanes, 1, 1)
+            bn(f"{p}.bn1", planes)
+            shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+            bn(f"{p}.bn2", planes)
+            shapes[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
+            bn(f"{p}.bn3", planes * 4)
+            if b == 0:
+                shapes[f"{p}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
+                bn(f"{p}.downsample.1", planes * 4)
+            inplanes = planes * 4
+    shapes["fc.weight"] = (1000, 2048)
+    shapes["fc.bias"] = (1000,)
+    return shapes
+
+
+def test_resnet50_body_has_torchvision_keys_and_shapes():
+    expected = {k: v for k, v in torchvision_resnet50_shapes().items() if not k.startswith("fc.")}
+    ours = {k: tuple(v.shape) for k, v in build_network("resnet50").state_dict().items()
+            if not k.startswith("fc.")}
+    assert ours == expected
+    assert len(expected) == 318  # torchvision's 320 minus fc.weight and fc.bias
+    head = [k for k in build_network("resnet50").state_dict() if k.startswith("fc.")]
+    assert head and all(k.startswith("fc.") for k in head)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_checkpoint_loads_into_body(tmp_path, suffix):
+    gen = torch.Generator().manual_seed(1)
+    state = {k: (torch.randn(s, generator=gen) if s else torch.tensor(7))
+             for k, s in torchvision_resnet50_shapes().items()}
+    path = tmp_path / f"resnet50{suffix}"
+    if suffix == ".pth":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    model = build_network("resnet50")
+    load_init_weights(model, path)
+    loaded = model.state_dict()
+    assert torch.equal(loaded["layer3.5.conv2.weight"], state["layer3.5.conv2.weight"])
+    assert torch.equal(loaded["layer1.0.downsample.1.running_var"],
+                       state["layer1.0.downsample.1.running_var"])
+    assert loaded["fc.3.weight"].shape == (2, 256)  # our head, untouched
+
+
+def test_mismatched_checkpoint_lists_missing_and_unexpected(tmp_path):
+    state = {k: torch.zeros(s) for k, s in torchvision_resnet50_shapes().items()}
+    del state["layer4.2.bn3.weight"]
+    state["layer5.0.conv1.weight"] = torch.zeros(1)
+    state["conv1.weight"] = torch.zeros(64, 1, 7, 7)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(ModelFileError) as err:
+        load_init_weights(build_network("resnet50"), path)
+    msg = str(err.value)
+    assert "missing keys (1): layer4.2.bn3.weight" in msg
+    assert "unexpected keys (1): layer5.0.conv1.weight" in msg
+    assert "conv1.weight (64, 1, 7, 7)" in msg
+
+
+class Payload:
+    pass
+
+
+def test_pickled_non_tensor_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": Payload()}, path)  # unpickling this would run our code
+    with pytest.raises(CtcLiveError, match="cannot read init weights"):
+        load_init_weights(build_network("resnet50"), path)
+
+
+def _compact_model(tmp_path, name="m"):
+    torch.manual_seed(0)
+    model = build_network("compact").eval()
+    # BatchNorm statistics away from their defaults, so folding them is really exercised.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / f"{name}.safetensors"
+    save_model(model, path, {"architecture": "compact", "input_size": 32,
+                             "normalisation": normalisation_card("compact", False)})
+    return model, path
+
+
+def test_saved_model_predicts_like_the_network_and_ignores_intensity_scale(tmp_path):
+    model, path = _compact_model(tmp_path)
+    clf = load_classifier(path, device="cpu")
+    assert clf.card["architecture"] == "compact" and clf.threshold == 0.5
+    rng = np.random.default_rng(0)
+    crops = rng.normal(0, 1, (20, 30, 30)).astype(np.float32)
+    p = clf.predict(crops)
+    assert p.shape == (20,) and p.dtype == np.float32
+    with torch.inference_mode():
+        ref = torch.softmax(model(prepare(crops, 32)), 1)[:, 1].numpy()
+    np.testing.assert_allclose(p, ref, atol=1e-5)
+    # The same cells as 16-bit and 8-bit files would hold them: an affine change of intensity.
+    as16 = np.round((crops - crops.min()) * 3000).astype(np.uint16)
+    np.testing.assert_allclose(clf.predict(as16), p, atol=2e-3)
+    as8 = np.round((crops - crops.min()) / (crops.max() - crops.min()) * 255).astype(np.uint8)
+    np.testing.assert_allclose(clf.predict(as8), p, atol=0.05)
+    # Crops of other sizes are resized; a list of mixed sizes works.
+    mixed = [rng.normal(0, 1, (40, 40)), rng.normal(0, 1, (25, 31))]
+    assert clf.predict(mixed).shape == (2,)
+    assert clf.predict(np.zeros((0, 30, 30), np.float32)).shape == (0,)
+
+
+def test_card_records_normalisation_and_provenance(tmp_path):
+    _, path = _compact_model(tmp_path)
+    card = json.loads(card_path(path).read_text())
+    for key in ("architecture", "input_size", "normalisation", "classes", "threshold", "date",
+                "ctc_live_version", "weights_sha256"):
+        assert key in card
+    assert card["classes"] == ["WBC", "CTC"]
+    assert "per crop" in card["normalisation"]["standardise"]
+
+
+def test_bad_model_files_are_refused_clearly(tmp_path):
+    _, path = _compact_model(tmp_path)
+    good = path.read_bytes()
+    with pytest.raises(ModelFileError, match="model file not found"):
+        load_classifier(tmp_path / "nope.safetensors")
+
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ModelFileError, match="corrupted or truncated"):
+        load_classifier(path)
+
+    path.write_bytes(b"\xff" * 64)
+    with pytest.raises(ModelFileError, match="not a readable safetensors"):
+        load_classifier(path)
+
+    flipped = bytearray(good)
+    flipped[-10] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ModelFileError, match="do not match the card"):
+        load_classifier(path)
+
+    path.write_bytes(good)
+    card = card_path(path)
+    text = card.read_text()
+    card.write_text(text[:40])
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        load_classifier(path)
+
+    meta = json.loads(text)
+    card.write_text(json.dumps(meta | {"architecture": "vgg16"}))
+    with pytest.raises(ModelFileError, match="unknown architecture 'vgg16'"):
+        load_classifier(path)
+
+    card.write_text(json.dumps(meta | {"architecture": "resnet50", "input_size": 34}))
+    with pytest.raises(ModelFileError, match="missing keys .*conv1.weight"):
+        load_classifier(path)
+
+    card.unlink()
+    with pytest.raises(ModelFileError, match="model card not found"):
+        load_classifier(path)
+
+
+def test_batch_classifier_batches_and_stamps(tmp_path):
+    _, path = _compact_model(tmp_path)
+    clf = load_classifier(path, device="cpu")
+    stage = BatchClassifier(clf, max_batch=8, max_wait_ms=5.0).start()
+    rng = np.random.default_rng(1)
+    crops = rng.normal(0, 1, (30, 30, 30)).astype(np.float32)
+    try:
+        for i, c in enumerate(crops):
+            assert stage.submit(("frame", i), c)
+        results = [stage.results.get(timeout=5) for _ in range(len(crops))]
+    finally:
+        stage.stop()
+    assert sorted(r.key[1] for r in results) == list(range(30))
+    assert all(1 <= r.batch_size <= 8 for r in results)
+    assert all(r.done_ns >= r.submitted_ns for r in results)
+    expected = clf.predict(crops)
+    got = np.array([r.p_ctc for r in sorted(results, key=lambda r: r.key[1])])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert stage.stats.crops == 30 and stage.stats.dropped_in == 0
+
+
+def test_batch_classifier_counts_drops_when_full(tmp_path):
+    _, path = _compact_model(tmp_path)
+    stage = BatchClassifier(load_classifier(path, device="cpu"), queue_size=4)  # not started
+    accepted = [stage.submit(i, np.zeros((30, 30), np.float32)) for i in range(6)]
+    assert accepted == [True] * 4 + [False] * 2
+    assert stage.stats.dropped_in == 2
+
+
+def test_a_lone_crop_waits_no_longer_than_max_wait(tmp_path):
+    _, path = _compact_model(tmp_path)
+    stage = BatchClassifier(load_classifier(path, device="cpu"), max_batch=64,
+                            max_wait_ms=20.0).start()
+    try:
+        stage.submit("only", np.zeros((30, 30), np.float32))
+        r = stage.results.get(timeout=5)
+    finally:
+        stage.stop()
+    assert r.key == "only" and r.batch_size == 1
+    assert (r.done_ns - r.submitted_ns) / 1e6 < 2000  # closed by the wait, not by a full batch
+
+
+def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    _, path = _compact_model(tmp_path)
+    with pytest.raises(CtcLiveError, match="no CUDA GPU"):
+        load_classifier(path, device="cuda")

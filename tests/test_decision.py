@@ -1,0 +1,70 @@
+"""The per-cell decision rule and the pulse plan, apart from threads."""
+
+import math
+
+import pytest
+
+from ctc_live.config import SorterConfig
+from ctc_live.pipeline.decision import Evidence, classify, combine, plan_pulse
+
+
+def test_combine_is_mean_log_odds():
+    assert combine([0.9]) == pytest.approx(0.9)
+    # Two opposite crops of equal confidence cancel; more agreeing crops do not sharpen.
+    assert combine([0.9, 0.1]) == pytest.approx(0.5)
+    assert combine([0.8, 0.8, 0.8]) == pytest.approx(0.8)
+    # One absurdly confident crop cannot outvote many: scores are clipped.
+    assert combine([1.0] + [0.1] * 9) < 0.5
+
+
+def test_classify_band_around_threshold():
+    assert classify(0.9, 0.5, 0.15) == "ctc"
+    assert classify(0.1, 0.5, 0.15) == "wbc"
+    assert classify(0.6, 0.5, 0.15) == "uncertain"
+    assert classify(None, 0.5, 0.15) == "uncertain"
+    assert classify(0.6, 0.4, 0.15) == "ctc"  # the threshold moves the band
+
+
+def evidence(scores, crops, frozen=None, dropped=()):
+    ev = Evidence(1, first_frame=0, crops=crops, scores=list(scores), frozen_crops=frozen)
+    ev.dropped = list(dropped)
+    return ev
+
+
+def test_early_decision_uses_exactly_the_first_crops():
+    # Confident after 3 crops: decide on those 3, whatever arrived after.
+    ev = evidence([0.95, 0.9, 0.97, 0.2], crops=6)
+    assert ev.evidence_for_decision(3, 0.5, 0.15) == [0.95, 0.9, 0.97]
+    # Not confident after 3 and still in the field: wait.
+    assert evidence([0.9, 0.2, 0.5, 0.9], crops=6).evidence_for_decision(3, 0.5, 0.15) is None
+
+
+def test_leaving_cell_waits_for_the_crops_sent_before_it_left():
+    ev = evidence([0.9, 0.2], crops=4, frozen=3)
+    assert ev.evidence_for_decision(3, 0.5, 0.15) is None
+    ev.scores.append(0.4)
+    ev.scores.append(0.99)  # a crop after the freeze does not count
+    assert ev.evidence_for_decision(3, 0.5, 0.15) == [0.9, 0.2, 0.4]
+
+
+def test_dropped_crops_are_not_waited_for():
+    ev = evidence([0.1, 0.2], crops=3, frozen=3, dropped=[1])
+    assert ev.evidence_for_decision(3, 0.5, 0.15) == [0.1, 0.2]
+
+
+def test_pulse_is_centred_on_the_predicted_crossing():
+    sorter = SorterConfig(sort_distance_um=1500, pulse_margin_um=2.0, min_pulse_us=100)
+    start_ns, width_us = plan_pulse(
+        x_um=300.0, velocity_um_s=5000.0, exposure_ns=10**9, diameter_um=12.0, sorter=sorter
+    )
+    crossing_ns = 10**9 + (1500 - 300) / 5000 * 1e9
+    assert width_us == pytest.approx(2 * (2.0 + 0.6) / 5000 * 1e6)
+    assert start_ns + width_us * 500 == pytest.approx(crossing_ns, abs=1)
+
+
+def test_pulse_width_is_clamped_to_the_safety_limits():
+    sorter = SorterConfig(min_pulse_us=500, max_pulse_us=800)
+    _, fast = plan_pulse(0.0, 1e6, 0, 10.0, sorter)
+    _, slow = plan_pulse(0.0, 1.0, 0, 10.0, sorter)
+    assert (fast, slow) == (500, 800)
+    assert not math.isnan(fast)

@@ -1,0 +1,121 @@
+"""The live pipeline on the simulated rig, with the real parts: UniMMCore camera, threads,
+the sorter emulator on a pty, SQLite, torch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ctc_live.classification import load_classifier
+from ctc_live.cli import main
+from ctc_live.config import load_config
+from ctc_live.pipeline import Pipeline
+from ctc_live.storage import read_run
+
+SUMMARY_KEYS = [
+    "frames.produced", "frames.processed", "frames.dropped", "frames.unaccounted", "fps",
+    "cells.total", "cells.ctc", "cells.wbc", "cells.uncertain", "pulses.sent", "pulses.done",
+    "pulses.missed", "pulses.lost", "decisions.late",
+    *[f"latency_ms.{s}.{q}" for s in ("segmentation", "classification", "decision", "end_to_end")
+      for q in ("p50", "p99")],
+    "truth.cells", "truth.detection_recall", "truth.cell_accuracy", "truth.recovery",
+    "truth.purity", "truth.pulse_error_us_p99",
+]
+
+
+def lookup(d, dotted):
+    for key in dotted.split("."):
+        d = d[key]
+    return d
+
+
+def sim_config(**overrides):
+    # Rich in CTCs so that a few seconds exercise the sorter.
+    base = {"simulation.ctc_fraction": 0.3, "dashboard.enabled": False}
+    return load_config(None, overrides=base | overrides)
+
+
+def test_short_simulated_run_end_to_end(tmp_path):
+    pipeline = Pipeline(sim_config(), tmp_path).start()
+    pipeline.wait(4.0)
+    summary = pipeline.stop()
+    for key in SUMMARY_KEYS:
+        lookup(summary, key)  # present
+    frames = summary["frames"]
+    assert frames["unaccounted"] == 0
+    assert frames["produced"] >= 600 and frames["processed"] + sum(frames["dropped"].values()) == frames["produced"]
+    truth = summary["truth"]
+    assert truth["cells"] > 100
+    assert truth["detection_recall"] > 0.9
+    assert truth["cell_accuracy"] > 0.85
+    assert summary["pulses"]["sent"] > 10
+    assert summary["pulses"]["lost"] == 0
+    assert truth["recovery"] > 0.7
+    # The run store holds the same cells and pulses.
+    data = read_run(tmp_path)
+    assert len(data["cells"]) == summary["cells"]["total"]
+    assert sum(p["outcome"] == "done" for p in data["pulses"]) == summary["pulses"]["done"]
+    assert data["run"]["status"] == "finished"
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+class SlowClassifier:
+    """The shipped model behind a 50 ms delay per batch: far slower than the crops arrive."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def predict(self, crops):
+        time.sleep(0.05)
+        return self.inner.predict(crops)
+
+
+def test_slow_classifier_drops_crops_with_a_count_not_a_stall(tmp_path):
+    config = sim_config(**{"classifier.max_batch": 2, "pipeline.crop_queue": 16})
+    inner = load_classifier(config.classifier.model, "cpu")
+    pipeline = Pipeline(config, tmp_path, classifier=SlowClassifier(inner)).start()
+    pipeline.wait(3.0)
+    started = time.monotonic()
+    summary = pipeline.stop()
+    assert time.monotonic() - started < 10  # drained, not stalled
+    assert summary["crops"]["dropped"] > 0
+    assert summary["frames"]["unaccounted"] == 0
+    assert sum(summary["frames"]["dropped"].values()) == 0  # the camera never waited
+    assert summary["cells"]["total"] > 0
+
+
+def test_kill_9_mid_run_then_report(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctc_live", "run", "--headless", "--duration", "60",
+         "--out", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    lines = [proc.stdout.readline() for _ in range(4)]  # four one-second status lines
+    assert all("fps" in line for line in lines), lines
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists()
+    data = read_run(run_dir)
+    assert data["frames"] and data["cells"]
+    assert main(["report", str(run_dir), "--json"]) == 0
+
+
+def test_replay_gives_the_same_decisions_at_any_speed(tmp_path, capsys):
+    recording = tmp_path / "rec.ome.tif"
+    assert main(["record", "--frames", "400", "--out", str(recording)]) == 0
+    decisions = []
+    for name, speed in (("x1", ["--speed", "1"]), ("max", ["--max"])):
+        out = tmp_path / name
+        assert main(["replay", str(recording), *speed, "--headless", "--out", str(out)]) == 0
+        cells = read_run(out)["cells"]
+        decisions.append(sorted((c["first_frame"], c["decision"], round(c["p_ctc"] or -1, 5))
+                                for c in cells))
+    capsys.readouterr()
+    assert len(decisions[0]) > 20
+    assert decisions[0] == decisions[1]

@@ -1,0 +1,240 @@
+"""The host driver (ctc_live.sorting.link) against the emulator on a real pty."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ctc_live.cli import main
+from ctc_live.config import EmulatorConfig, SorterConfig
+from ctc_live.errors import CtcLiveError
+from ctc_live.sorting.clock import ClockModel, SyncSample
+from ctc_live.sorting.emulator import SorterEmulator
+from ctc_live.sorting.link import SorterLink, open_sorter
+
+RIG = EmulatorConfig(
+    latency_us=1000, jitter_us=500, clock_offset_us=10e6, drift_ppm=50, pulse_jitter_us=20
+)
+
+
+def ms(n: float) -> int:
+    return round(n * 1e6)
+
+
+def drain(link: SorterLink) -> dict:
+    out = {}
+    while not link.outcomes.empty():
+        o = link.outcomes.get_nowait()
+        out[o.id] = o
+    return out
+
+
+def true_error_us(link: SorterLink, outcome) -> float:
+    entry = {e.id: e for e in link.emulator.pulse_log()}[outcome.wire_id]
+    return (entry.start_host_ns - outcome.target_host_ns) / 1000
+
+
+@pytest.fixture
+def link():
+    link = open_sorter(SorterConfig(port="emulator", emulator=RIG))
+    yield link
+    link.close()
+
+
+def test_clock_model_offset_and_drift_from_noisy_exchanges():
+    rng = random.Random(3)
+    offset_us, drift_ppm = 10e6, 50.0
+    model = ClockModel()
+    host = 1_000_000_000_000
+    for _ in range(200):  # 20 s of exchanges every 100 ms
+        host += ms(100)
+        out, back = (round(rng.uniform(500, 1500) * 1000) for _ in range(2))
+        ctrl = offset_us + (host + out - 1_000_000_000_000) / 1000 * (1 + drift_ppm * 1e-6)
+        model.add(SyncSample(host, host + out + back, round(ctrl)))
+    truth = offset_us + (host - 1_000_000_000_000) / 1000 * (1 + drift_ppm * 1e-6)
+    assert abs(model.drift_ppm - drift_ppm) < 5
+    assert abs(model.to_controller_us(host) - truth) < 60
+    assert abs(model.to_host_ns(truth) - host) < 60_000
+
+
+def test_pulses_land_on_target_in_host_time(link):
+    link.arm()
+    # As many as the controller queues (16), all in flight at once.
+    targets = [time.monotonic_ns() + ms(8 + 12 * i) for i in range(16)]
+    ids = [link.fire(t, 400) for t in targets]
+    assert link.wait_idle(3.0)
+    outcomes = drain(link)
+    assert [outcomes[i].outcome for i in ids] == ["done"] * 16
+    errors = [true_error_us(link, outcomes[i]) for i in ids]
+    assert max(abs(e) for e in errors) < 500
+    # The driver's own estimate of each error agrees with the truth.
+    assert max(abs(outcomes[i].error_us - e) for i, e in zip(ids, errors)) < 500
+    status = link.status()
+    assert status["armed"] and status["connected"] and status["counts"]["done"] == 16
+    assert status["firmware"] == "ctc-emulator/1.0"
+    now = time.monotonic_ns()
+    assert abs(status["clock_offset_us"] - (link.emulator.clock_us(now) - now / 1e3)) < 500
+
+
+def test_late_fire_is_missed_never_sent(link):
+    link.arm()
+    pid = link.fire(time.monotonic_ns() - ms(1), 400)
+    outcome = link.outcomes.get(timeout=1)
+    assert (outcome.id, outcome.outcome, outcome.sent_ns) == (pid, "missed", None)
+    assert link.emulator.pulse_log() == []
+
+
+def test_disarm_cancels_pending_and_fire_while_disarmed_errors(link):
+    link.arm()
+    pid = link.fire(time.monotonic_ns() + ms(500), 400)
+    time.sleep(0.05)
+    link.disarm()
+    assert link.outcomes.get(timeout=1).outcome == "cancelled"
+    pid = link.fire(time.monotonic_ns() + ms(50), 400)
+    outcome = link.outcomes.get(timeout=1)
+    assert (outcome.id, outcome.outcome) == (pid, "error")
+    assert outcome.detail == f"ERR {outcome.wire_id} 3 not armed"
+    with pytest.raises(ValueError, match="max_width_us"):
+        link.fire(time.monotonic_ns() + ms(50), 5e6)
+
+
+def test_cancel_a_pending_pulse(link):
+    link.arm()
+    pid = link.fire(time.monotonic_ns() + ms(300), 400)
+    time.sleep(0.05)
+    link.cancel(pid)
+    outcome = link.outcomes.get(timeout=1)
+    assert (outcome.id, outcome.outcome) == (pid, "cancelled")
+
+
+def test_controller_reset_mid_run_resends_future_pulses(link):
+    link.arm()
+    now = time.monotonic_ns()
+    soon, later = link.fire(now + ms(150), 400), link.fire(now + ms(900), 400)
+    time.sleep(0.1)
+    resets = link.status()["resets"]
+    link.emulator.reset()
+    assert link.wait_idle(3.0)
+    outcomes = drain(link)
+    assert outcomes[soon].outcome in ("done", "missed")  # re-sent if the re-sync was quick
+    assert outcomes[later].outcome == "done"
+    assert abs(true_error_us(link, outcomes[later])) < 500
+    status = link.status()
+    assert status["resets"] == resets + 1 and status["armed"]
+
+
+def test_port_vanishes_and_returns_with_pulses_pending(link):
+    link.arm()
+    now = time.monotonic_ns()
+    passed, future = link.fire(now + ms(300), 400), link.fire(now + ms(2500), 400)
+    link.emulator.unplug()
+    time.sleep(0.3)
+    assert not link.status()["connected"]
+    time.sleep(0.5)
+    link.emulator.plug()
+    assert link.wait_idle(4.0)
+    outcomes = drain(link)
+    assert outcomes[passed].outcome == "missed"
+    assert "link was down" in outcomes[passed].detail
+    assert outcomes[future].outcome == "done"
+    assert abs(true_error_us(link, outcomes[future])) < 500
+    status = link.status()
+    assert status["connected"] and status["armed"] and status["disconnects"] == 1
+    assert status["counts"]["lost"] == 0
+    # The passed pulse never reached the controller: nothing fired late.
+    assert [e.id for e in link.emulator.pulse_log()] == [outcomes[future].wire_id]
+
+
+def test_watchdog_trip_is_reported_and_rearmed():
+    emu = SorterEmulator(RIG).start()
+    # Pinging slower than the watchdog: it trips, and the driver re-arms.
+    link = SorterLink(emu.port, ping_interval_s=2.5, reply_timeout_s=3.0, emulator=emu).open()
+    try:
+        link.arm()
+        time.sleep(2.4)
+        status = link.status()
+        assert status["watchdog_trips"] == 1
+        assert "watchdog" in status["last_error"]
+        deadline = time.monotonic() + 1.0
+        while not link.status()["armed"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert link.status()["armed"]
+    finally:
+        link.close()
+
+
+def test_noise_from_the_controller_is_counted_not_fatal(link):
+    link.arm()
+    link.emulator.send_raw(b"\xff\xfe garbage\nDONE x y\nEVENT HELLO\n\n")
+    pid = link.fire(time.monotonic_ns() + ms(30), 400)
+    assert link.wait_idle(2.0)
+    assert drain(link)[pid].outcome == "done"
+    assert link.status()["protocol_errors"] == 2
+
+
+def test_unanswered_pulse_is_lost():
+    emu = SorterEmulator(EmulatorConfig(latency_us=0, jitter_us=0)).start()
+    link = SorterLink(emu.port, reply_timeout_s=0.2, emulator=emu).open()
+    try:
+        link.arm()
+        # A controller that takes the FIRE and then says nothing about it.
+        emu.drop_outcomes = True
+        pid = link.fire(time.monotonic_ns() + ms(20), 400)
+        outcome = link.outcomes.get(timeout=2)
+        assert (outcome.id, outcome.outcome) == (pid, "lost")
+    finally:
+        link.close()
+
+
+def test_open_bad_port_names_it():
+    with pytest.raises(CtcLiveError, match="/dev/no-such-sorter"):
+        open_sorter(SorterConfig(port="/dev/no-such-sorter"))
+
+
+def test_check_command_against_emulate_command(capsys):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ctc_live",
+            "sorter",
+            "emulate",
+            "--latency-us",
+            "200",
+            "--jitter-us",
+            "100",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = proc.stdout.readline().split()
+        assert first[0] == "PORT" and os.path.exists(first[1])
+        code = main(
+            ["sorter", "check", "--port", first[1], "--pulses", "5", "--sync-s", "0.3", "--json"]
+        )
+        result = json.loads(capsys.readouterr().out)
+        assert code == 0
+        assert result["counts"]["done"] == 5 and result["error_us"]["max"] < 500
+        assert result["firmware"] == "ctc-emulator/1.0"
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=5)
+    assert proc.returncode == 0
+    assert len([line for line in out.splitlines() if line.startswith("PULSE id=")]) == 5
+
+
+@pytest.mark.slow
+def test_bench_targets():
+    from ctc_live.sorting.bench import run_pulses
+
+    result = run_pulses(SorterConfig(port="emulator", emulator=RIG), duration_s=20.0)
+    assert np.percentile(np.abs(result["errors_us"]), 99) <= 500
+    assert result["counts"]["lost"] == 0 and result["counts"]["error"] == 0
