@@ -135,7 +135,8 @@ def record(path, frames: int, fps: float = 200.0) -> list:
 def replay(path, speed) -> tuple[Acquisition, list]:
     camera = open_camera(replay_config(path, speed))
     out: queue.Queue = queue.Queue(maxsize=8)
-    acq = Acquisition(camera, out, block=speed == "max")
+    acq = Acquisition(camera, out)
+    assert acq.block == (speed == "max")
     acq.start()
     got = []
     while (frame := out.get(timeout=10)) is not None:
@@ -154,7 +155,10 @@ def test_record_then_replay_round_trips_pixels_and_timestamps(tmp_path):
     for a, b in zip(recorded, replayed):
         assert np.array_equal(a.image, b.image)
         assert (a.number, a.camera_time_ms, a.scene_time_s) == (
-            b.number, b.camera_time_ms, b.scene_time_s)
+            b.number,
+            b.camera_time_ms,
+            b.scene_time_s,
+        )
     with Recording(path) as rec:
         assert rec.damage is None and rec.fps == 200.0
         assert [i.exposure_ns for i in rec.info] == [f.exposure_ns for f in recorded]
@@ -207,7 +211,7 @@ def test_corrupted_or_foreign_files_give_clear_errors(tmp_path):
     with pytest.raises(RecordingError, match="garbage.ome.tif"):
         Recording(garbage)
     foreign = tmp_path / "foreign.tif"
-    tifffile.imwrite(foreign, np.zeros((3, 8, 8), np.uint16))
+    tifffile.imwrite(foreign, np.zeros((3, 8, 8), np.uint16), photometric="minisblack")
     with pytest.raises(RecordingError, match="not a ctc-live recording"):
         Recording(foreign)
     with pytest.raises(RecordingError, match="not found"):

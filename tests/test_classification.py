@@ -139,8 +139,11 @@ def test_saved_model_predicts_like_the_network_and_ignores_intensity_scale(tmp_p
     as8 = np.round((crops - crops.min()) / (crops.max() - crops.min()) * 255).astype(np.uint8)
     np.testing.assert_allclose(clf.predict(as8), p, atol=0.05)
     # Crops of other sizes are resized; a list of mixed sizes works.
-    mixed = [rng.normal(0, 1, (40, 40)), rng.normal(0, 1, (25, 31))]
-    assert clf.predict(mixed).shape == (2,)
+    mixed = [rng.normal(0, 1, (40, 40)), rng.normal(0, 1, (25, 31)), crops[0], crops[1]]
+    np.testing.assert_allclose(
+        clf.predict(mixed), [clf.predict([m])[0] for m in mixed], atol=1e-5)
+    np.testing.assert_allclose(clf.predict(mixed)[2:], p[:2], atol=1e-5)
+    assert clf.predict([]).shape == (0,)
     assert clf.predict(np.zeros((0, 30, 30), np.float32)).shape == (0,)
 
 
@@ -243,3 +246,17 @@ def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path):
     _, path = _compact_model(tmp_path)
     with pytest.raises(CtcLiveError, match="no CUDA GPU"):
         load_classifier(path, device="cuda")
+
+
+def test_grey_crops_feed_the_resnet_stem_with_imagenet_statistics():
+    card = normalisation_card("resnet50", imagenet=True)
+    crops = np.random.default_rng(3).normal(100, 20, (50, 30, 30))
+    x = prepare(crops, 34, card)
+    assert x.shape == (50, 3, 34, 34)
+    # A standardised grey crop becomes grey pixels of mean 0.45 and spread 0.225, then
+    # ImageNet-normalised per channel, as torchvision's pretrained weights expect.
+    grey = x * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor(
+        [0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    assert torch.allclose(grey.mean(dim=(2, 3)), torch.full((50, 3), 0.45), atol=1e-4)
+    assert torch.allclose(grey[:, 0], grey[:, 2], atol=1e-5)  # replicated channels
+    assert normalisation_card("resnet50", imagenet=False)["channel_affine"] == [[1.0, 0.0]] * 3

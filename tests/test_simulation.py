@@ -85,14 +85,17 @@ def test_motion_blur_grows_with_exposure():
     short.generate_until(0.1)
     long_scene.generate_until(0.1)
     cell = short.cells[0]
-    assert long_scene.cell_sprite(long_scene.cells[0]).shape[1] > short.cell_sprite(cell).shape[1] + 10
+    assert (
+        long_scene.cell_sprite(long_scene.cells[0]).shape[1] > short.cell_sprite(cell).shape[1] + 10
+    )
 
 
 def test_fluorescence_marks_ctcs_only_and_is_off_unless_enabled():
     with pytest.raises(CtcLiveError, match="simulation.fluorescence"):
         FlowScene(Config()).render_fluorescence(0.1)
-    scene = FlowScene(make_config(fluorescence=True, ctc_fraction=0.5, debris_rate_hz=0.0,
-                                  doublet_fraction=0.0))
+    scene = FlowScene(
+        make_config(fluorescence=True, ctc_fraction=0.5, debris_rate_hz=0.0, doublet_fraction=0.0)
+    )
     t = 0.35
     fl = scene.render_fluorescence(t).astype(float)
     level = {"ctc": [], "wbc": []}

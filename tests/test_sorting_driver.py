@@ -189,6 +189,7 @@ def test_unanswered_pulse_is_lost():
         pid = link.fire(time.monotonic_ns() + ms(20), 400)
         outcome = link.outcomes.get(timeout=2)
         assert (outcome.id, outcome.outcome) == (pid, "lost")
+        assert outcome.detail == "ACKed, then no outcome from the controller"
     finally:
         link.close()
 

@@ -85,6 +85,15 @@ class Backend:
     port: str
     reset: object  # callable: press the controller's reset
     gate_log: Path | None = None
+    runner_log: Path | None = None
+
+    def skip_timing_if_lagged(self) -> None:
+        """Host-time checks mean nothing once simavr fell behind real time (a busy host)."""
+        if self.runner_log is not None and "behind real time" in self.runner_log.read_text():
+            pytest.skip(
+                "host-time tracking not judged: sorter-sim fell behind real time on "
+                "this busy machine (see its warning); protocol checks passed"
+            )
 
 
 def _missing_toolchain() -> str | None:
@@ -116,11 +125,17 @@ def firmware_build(tmp_path_factory) -> tuple[Path, Path]:
     return build / "sorter.elf", build / "sorter-sim"
 
 
-def start_firmware(build: tuple[Path, Path], gate_log: Path) -> tuple[subprocess.Popen, str]:
+def start_firmware(
+    build: tuple[Path, Path], gate_log: Path, runner_log: Path
+) -> tuple[subprocess.Popen, str]:
     elf, runner = build
-    proc = subprocess.Popen(
-        [str(runner), str(elf), "--gate-log", str(gate_log)], stdout=subprocess.PIPE, text=True
-    )
+    with runner_log.open("w") as err:
+        proc = subprocess.Popen(
+            [str(runner), str(elf), "--gate-log", str(gate_log)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     first = proc.stdout.readline().split()
     assert first[:1] == ["PORT"], f"runner printed {first!r} instead of PORT <path>"
     return proc, first[1]
@@ -146,9 +161,9 @@ def controller(request, tmp_path):
         emu.stop()
     else:
         build = request.getfixturevalue("firmware_build")
-        gate = tmp_path / "gate.log"
-        proc, port = start_firmware(build, gate)
-        yield Backend("firmware", port, lambda: proc.send_signal(signal.SIGUSR1), gate)
+        gate, runner_log = tmp_path / "gate.log", tmp_path / "runner.log"
+        proc, port = start_firmware(build, gate, runner_log)
+        yield Backend("firmware", port, lambda: proc.send_signal(signal.SIGUSR1), gate, runner_log)
         stop_firmware(proc)
 
 
@@ -163,7 +178,7 @@ def wire(controller):
 # --- requests and replies -----------------------------------------------------------------
 
 
-def test_info_ping_status(wire):
+def test_info_ping_status(wire, controller):
     info = wire.request("INFO", "INFO").split()
     fields = dict(w.split("=", 1) for w in info[1:])
     assert fields["proto"] == "1"
@@ -175,12 +190,13 @@ def test_info_ping_status(wire):
     t0, h0 = wire.now(), time.monotonic()
     time.sleep(0.3)
     t1, h1 = wire.now(), time.monotonic()
-    # The controller's µs clock runs at real time (within the pacing and serial jitter).
-    assert abs((t1 - t0) - (h1 - h0) * 1e6) < 20_000
 
     status = wire.request("STATUS", "STATUS").split()
     assert status[1:6] == ["armed=0", "pending=0", "fired=0", "missed=0", "errors=0"]
     assert int(status[6].removeprefix("t=")) >= t1
+    # The controller's µs clock runs at real time (within the pacing and serial jitter).
+    controller.skip_timing_if_lagged()
+    assert abs((t1 - t0) - (h1 - h0) * 1e6) < 20_000
 
 
 def test_fire_done_on_time_and_cancel(wire, controller):
@@ -364,4 +380,5 @@ def test_driver_against_controller(controller):
         link.close()
     assert [o.outcome for o in outcomes] == ["done"] * 10
     # Errors as the driver sees them: its clock model and the controller's DONE times.
-    assert max(abs(o.error_us) for o in outcomes) < 1000
+    controller.skip_timing_if_lagged()
+    assert max(abs(o.error_us) for o in outcomes) < 500

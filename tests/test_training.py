@@ -170,3 +170,19 @@ def test_channel_map_errors():
         ChannelMap.parse("bf=0")
     with pytest.raises(CtcLiveError, match="expected e.g."):
         ChannelMap.parse("bf=zero,marker=1")
+
+
+def test_build_dataset_from_the_simulator(tmp_path, capsys):
+    out = tmp_path / "sim"
+    quick = tmp_path / "quick.yaml"  # a shorter background warm-up keeps the test fast
+    quick.write_text("segmentation:\n  background_frames: 8\n")
+    assert main(["build-dataset", str(out), "--sim", "8", "--config", str(quick)]) == 0
+    assert "8 CTC + 8 WBC crops" in capsys.readouterr().out
+    ds = read_dataset(out)
+    assert ds.counts() == {"WBC": 8, "CTC": 8}
+    assert {c.shape for c in ds.crops} == {(30, 30)} and ds.crops[0].dtype == np.uint16
+    assert set(ds.label_sources) == {"simulator ground truth"}
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert all(5 < float(r["diameter_um"]) < 30 for r in rows)
+    assert main(["build-dataset", str(out), "--sim", "8"]) == 2  # never overwrites
+    assert "not empty" in capsys.readouterr().err

@@ -138,7 +138,9 @@ def replay_config(recording: str | Path, speed: float | str = 1.0) -> Config:
     except yaml.YAMLError as exc:
         raise CameraError(f"{recording}: the recorded config is not valid YAML: {exc}") from None
     data.setdefault("camera", {}).update(
-        core="replay", recording=str(Path(recording).resolve()), replay_speed=speed,
+        core="replay",
+        recording=str(Path(recording).resolve()),
+        replay_speed=speed,
         mm_config=None,
     )
     return validate_config(data, source=f"{recording} (recorded config)")

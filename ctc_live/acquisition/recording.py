@@ -43,13 +43,13 @@ class RecordingError(CtcLiveError):
 class RecordingWriter:
     """Append frames to a new OME-TIFF. Not thread-safe: one writer thread."""
 
-    def __init__(self, path: str | Path, *, fps: float, pixel_size_um: float,
-                 config_yaml: str = ""):
+    def __init__(
+        self, path: str | Path, *, fps: float, pixel_size_um: float, config_yaml: str = ""
+    ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._header = json.dumps(
-            {"format": FORMAT, "fps": fps, "pixel_size_um": pixel_size_um,
-             "config": config_yaml}
+            {"format": FORMAT, "fps": fps, "pixel_size_um": pixel_size_um, "config": config_yaml}
         )
         self._pixel_size_um = pixel_size_um
         self._tif = tifffile.TiffWriter(self.path, bigtiff=True)
@@ -97,9 +97,14 @@ class RecordingWriter:
         ome = tifffile.OmeXml()
         h, w = self._shape
         ome.addimage(
-            np.uint16, (self.frames, h, w), (self.frames, 1, 1, h, w, 1), axes="TYX",
-            Name=self.path.name, PhysicalSizeX=self._pixel_size_um,
-            PhysicalSizeY=self._pixel_size_um, Plane={"DeltaT": self._delta_t},
+            np.uint16,
+            (self.frames, h, w),
+            (self.frames, 1, 1, h, w, 1),
+            axes="TYX",
+            Name=self.path.name,
+            PhysicalSizeX=self._pixel_size_um,
+            PhysicalSizeY=self._pixel_size_um,
+            Plane={"DeltaT": self._delta_t},
         )
         with tifffile.TiffFile(self.path, mode="r+b") as tif:
             tif.pages[0].tags["ImageDescription"].overwrite(ome.tostring())
@@ -209,8 +214,9 @@ class Recording:
     def frame(self, index: int) -> Frame:
         """The recorded frame as it left the acquisition stage when it was recorded."""
         i = self.info[index]
-        return Frame(self.read(index), i.number, i.camera_time_ms, i.exposure_ns,
-                     i.popped_ns, i.scene_time_s)
+        return Frame(
+            self.read(index), i.number, i.camera_time_ms, i.exposure_ns, i.popped_ns, i.scene_time_s
+        )
 
     def close(self) -> None:
         self._tif.close()

@@ -39,7 +39,8 @@ FPS_WINDOW_S = 0.5
 class Acquisition(threading.Thread):
     """Streams ``camera`` into ``out`` (a bounded queue of :class:`Frame`; ``None`` marks the
     end of the stream). ``recorder``, if given, is offered every popped frame, including the
-    ones the queue had no room for.
+    ones the queue had no room for. ``block`` (default: only when replaying at "max" speed)
+    makes a full queue wait instead of dropping.
     """
 
     def __init__(
@@ -48,7 +49,7 @@ class Acquisition(threading.Thread):
         out: queue.Queue,
         *,
         recorder: Recorder | None = None,
-        block: bool = False,
+        block: bool | None = None,
         poll_s: float = 0.0002,
         stall_timeout_s: float = 2.0,
     ):
@@ -56,7 +57,10 @@ class Acquisition(threading.Thread):
         self.camera = camera
         self.out = out
         self.recorder = recorder
-        self.block = block
+        # Offline replay as fast as possible waits for the consumer instead of dropping.
+        self.block = (
+            block if block is not None else camera.kind == "replay" and camera.device.speed == "max"
+        )
         self.poll_s = poll_s
         self.stall_timeout_s = stall_timeout_s
         self.produced = 0
@@ -89,6 +93,8 @@ class Acquisition(threading.Thread):
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the camera, deliver what its buffer still holds, and end the thread."""
         self._stop_event.set()
+        if self.ident is None:  # never started
+            return
         self.join(timeout)
         if self.is_alive():
             log.error("acquisition thread did not stop within %.1f s", timeout)
@@ -163,8 +169,9 @@ class Acquisition(threading.Thread):
             # the core (exposure end), relative to the sequence start; map it to host time.
             camera_ms = float(md["ElapsedTime-ms"])
             exposure_ns = self._start_ns + round(camera_ms * 1e6) - self._exposure_ns
-        frame = Frame(image, number, camera_ms, exposure_ns, popped_ns,
-                      float(scene) if scene else None)
+        frame = Frame(
+            image, number, camera_ms, exposure_ns, popped_ns, float(scene) if scene else None
+        )
         if self.recorder is not None:
             self.recorder.offer(frame)
         self._deliver(frame)

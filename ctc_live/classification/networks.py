@@ -175,17 +175,29 @@ def prepare(crops: np.ndarray | Sequence[np.ndarray], size: int,
             crops = crops[None]
         if crops.ndim != 3:
             raise CtcLiveError(f"crops must have shape (N, h, w), got {crops.shape}")
-        groups = [np.asarray(crops, dtype=np.float32)]
+        order, groups = None, [np.asarray(crops, dtype=np.float32)]
     else:
-        groups = [np.asarray(c, dtype=np.float32)[None] for c in crops]
+        # Crops of one shape are resized together; the result keeps the input order.
+        by_shape: dict[tuple, list[int]] = {}
+        for i, c in enumerate(crops):
+            by_shape.setdefault(np.shape(c), []).append(i)
+        order = [i for idx in by_shape.values() for i in idx]
+        groups = [np.stack([np.asarray(crops[i], dtype=np.float32) for i in idx])
+                  for idx in by_shape.values()]
+    if not groups:
+        return torch.zeros((0, _channels(normalisation), size, size))
     parts = []
     for g in groups:
+        if g.ndim != 3:
+            raise CtcLiveError(f"each crop must be a 2-D image, got shape {g.shape[1:]}")
         t = torch.from_numpy(np.ascontiguousarray(g)).unsqueeze(1)
         if t.shape[-2:] != (size, size):
             t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
                               antialias=True)
         parts.append(t)
     x = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if order is not None and len(parts) > 1:
+        x = x[torch.argsort(torch.tensor(order))]
     if x.shape[0] == 0:
         return x.new_zeros((0, _channels(normalisation), size, size))
     mean = x.mean(dim=(2, 3), keepdim=True)

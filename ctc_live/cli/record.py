@@ -46,7 +46,9 @@ def run_record(args: argparse.Namespace) -> int:
 
     camera = open_camera(config)
     writer = RecordingWriter(
-        args.out, fps=config.camera.fps, pixel_size_um=config.camera.pixel_size_um,
+        args.out,
+        fps=config.camera.fps,
+        pixel_size_um=config.camera.pixel_size_um,
         config_yaml=config.to_yaml(),
     )
     recorder = Recorder(writer)
@@ -73,12 +75,16 @@ def run_record(args: argparse.Namespace) -> int:
     if acquisition.error is not None:
         raise CtcLiveError(f"recording stopped after {taken} frames: {acquisition.error}")
 
-    print(f"recorded {recorder.written} frames to {args.out} in {elapsed:.1f} s "
-          f"({args.out.stat().st_size / 1e6:.1f} MB)")
+    print(
+        f"recorded {recorder.written} frames to {args.out} in {elapsed:.1f} s "
+        f"({args.out.stat().st_size / 1e6:.1f} MB)"
+    )
     lost = {k: v for k, v in acquisition.dropped.items() if v}
     if lost or recorder.dropped:
-        print(f"WARNING: frames lost while recording: {lost or ''} "
-              f"{f'recorder queue full: {recorder.dropped}' if recorder.dropped else ''}")
+        print(
+            f"WARNING: frames lost while recording: {lost or ''} "
+            f"{f'recorder queue full: {recorder.dropped}' if recorder.dropped else ''}"
+        )
     if camera.scene is not None and last_scene_s is not None:
         path = truth_path(args.out)
         n = write_truth(camera.scene, path, last_scene_s)

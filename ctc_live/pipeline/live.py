@@ -85,7 +85,7 @@ class Pipeline:
     def start(self) -> Pipeline:
         from ctc_live.acquisition import Acquisition, open_camera
         from ctc_live.classification import BatchClassifier, load_classifier
-        from ctc_live.segmentation import FlowSegmenter
+        from ctc_live.segmentation.flow import FlowSegmenter
 
         config = self.config
         self.store.start()

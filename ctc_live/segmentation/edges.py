@@ -14,7 +14,8 @@ CAP_PERCENTILES = (0.01, 99.99)
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Grey image of any depth → uint8, stretched between the cap percentiles."""
     sample = np.ascontiguousarray(image[::4, ::4]).ravel()
-    lo, hi = np.percentile(sample, CAP_PERCENTILES)
+    ranks = [round(p / 100 * (sample.size - 1)) for p in CAP_PERCENTILES]
+    lo, hi = (float(v) for v in np.partition(sample, ranks)[ranks])
     if hi <= lo:
         return np.zeros(image.shape, np.uint8)
     scale = 255.0 / (hi - lo)

@@ -22,7 +22,7 @@ from ctc_live.segmentation.regions import (
     measure_contours,
     records_from_shapes,
 )
-from ctc_live.segmentation.split import split_blob
+from ctc_live.segmentation.split import split_blob_fast
 
 
 _ZERO_BORDER = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
@@ -129,9 +129,9 @@ def split_contour(contour: np.ndarray, bbox: tuple[int, int, int, int], depth: f
     x, y, w, h = bbox
     blob = np.zeros((h, w), np.uint8)
     cv2.drawContours(blob, [contour], -1, 1, cv2.FILLED, offset=(-x, -y))
-    parts = split_blob(blob > 0, depth)
+    parts = split_blob_fast(blob, depth)
     pieces = []
-    for part in range(1, int(parts.max()) + 1):
+    for part in np.unique(parts)[1:]:
         found, _ = cv2.findContours(
             (parts == part).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
             offset=(x, y),

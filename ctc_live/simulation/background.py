@@ -35,7 +35,7 @@ def static_transmission(
     # Channel edges: a dark line with a bright fringe on the channel side (refraction).
     for edge, inward in ((channel_top_px, 1.0), (channel_bottom_px, -1.0)):
         d = (y - edge) * inward
-        t += (-0.45 * np.exp(-0.5 * (d / 1.3) ** 2) + 0.12 * np.exp(-0.5 * ((d - 3.5) / 1.5) ** 2))
+        t += -0.45 * np.exp(-0.5 * (d / 1.3) ** 2) + 0.12 * np.exp(-0.5 * ((d - 3.5) / 1.5) ** 2)
     # PDMS is not perfectly clear: faint texture outside the channel.
     grain = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 3)
     t += np.where(outside, 0.02 * grain / (grain.std() + 1e-9), 0.0)
@@ -44,15 +44,19 @@ def static_transmission(
     for _ in range(rng.integers(15, 30)):
         px, py = rng.uniform(0, w), rng.uniform(0, h)
         s = rng.uniform(0.7, 2.5)
-        box = (slice(max(0, int(py - 6 * s)), int(py + 6 * s) + 1),
-               slice(max(0, int(px - 6 * s)), int(px + 6 * s) + 1))
+        box = (
+            slice(max(0, int(py - 6 * s)), int(py + 6 * s) + 1),
+            slice(max(0, int(px - 6 * s)), int(px + 6 * s) + 1),
+        )
         r2 = (xx[box] - px) ** 2 + (yy[box] - py) ** 2
         t[box] -= rng.uniform(0.05, 0.3) * np.exp(-0.5 * r2 / s**2)
     for _ in range(rng.integers(2, 5)):
         px, py = rng.uniform(0, w), rng.uniform(0, h)
         rad = rng.uniform(6, 14)
-        box = (slice(max(0, int(py - 2 * rad)), int(py + 2 * rad) + 1),
-               slice(max(0, int(px - 2 * rad)), int(px + 2 * rad) + 1))
+        box = (
+            slice(max(0, int(py - 2 * rad)), int(py + 2 * rad) + 1),
+            slice(max(0, int(px - 2 * rad)), int(px + 2 * rad) + 1),
+        )
         r = np.sqrt((xx[box] - px) ** 2 + (yy[box] - py) ** 2)
         t[box] += rng.uniform(0.02, 0.05) * (
             np.exp(-0.5 * ((r - rad) / 1.5) ** 2) - 0.6 * np.exp(-0.5 * (r / (0.6 * rad)) ** 2)

@@ -175,8 +175,10 @@ def brightfield_sprite(
     # dark one just inside; below, the reverse. Its strength grows with the defocus.
     focus_gain = np.tanh(focus_um / 1.5)
     w = m.rim_width_px
-    rim = m.rim_amp * focus_gain * (
-        np.exp(-0.5 * ((dist - 1.2 * w) / w) ** 2) - 0.9 * np.exp(-0.5 * ((dist + w) / w) ** 2)
+    rim = (
+        m.rim_amp
+        * focus_gain
+        * (np.exp(-0.5 * ((dist - 1.2 * w) / w) ** 2) - 0.9 * np.exp(-0.5 * ((dist + w) / w) ** 2))
     )
     return motion_blur((body + rim).astype(np.float32), blur_px)
 

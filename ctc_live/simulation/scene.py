@@ -88,6 +88,9 @@ class FlowScene:
         self._noise = background.noise_bank(self.height, self.width, rng)
         self._gain = self.full_scale / FULL_SCALE_ELECTRONS  # counts per electron
         self._read_var = float(sim.read_noise) ** 2
+        empty = self.static_transmission * self.illumination
+        self._sigma_empty = np.sqrt(empty * self._gain + self._read_var).astype(np.float32)
+        self._noise_frame = np.empty_like(empty)
 
         self._cells: list[Cell] = []
         self._t_enter: list[float] = []
@@ -163,8 +166,9 @@ class FlowScene:
                 kind2 = "ctc" if rng.random() < sim.ctc_fraction else "wbc"
                 d2 = diameter(kind2)
                 gap_um = 0.47 * (d + d2)
-                dy2 = float(np.clip(dy + rng.normal(0, 0.15 * d), -self._lateral_max,
-                                    self._lateral_max))
+                dy2 = float(
+                    np.clip(dy + rng.normal(0, 0.15 * d), -self._lateral_max, self._lateral_max)
+                )
                 t2 = t + (gap_um + (d2 - d) / 2) / v
                 if t2 < t1:
                     new.append((t2, kind2, d2, self.channel_center_um + dy2, v))
@@ -204,27 +208,38 @@ class FlowScene:
         transmission = self.static_transmission.copy()
         self._paste(transmission, t_s, self._sprites, self.cell_sprite)
         signal = np.multiply(transmission, self.illumination, out=transmission)
-        return self._expose(signal, t_s, channel=0)
+        return self._expose(signal, t_s, channel=0, sigma=self._sigma_empty)
 
     def render_fluorescence(self, t_s: float) -> np.ndarray:
         """The CTC-marker fluorescence frame of the same moment: uint16 (H, W)."""
         if not self._sim.fluorescence:
-            raise CtcLiveError(
-                "the fluorescence channel is off: set simulation.fluorescence: true"
-            )
+            raise CtcLiveError("the fluorescence channel is off: set simulation.fluorescence: true")
         counts = np.full(
             (self.height, self.width), FLUORESCENCE_BACKGROUND * self.full_scale, np.float32
         )
         self._paste(counts, t_s, self._fl_sprites, self.cell_fluorescence_sprite)
         return self._expose(counts, t_s, channel=1)
 
-    def _expose(self, signal: np.ndarray, t_s: float, channel: int) -> np.ndarray:
-        """Add shot and read noise, quantise to the camera's bit depth."""
+    def _expose(
+        self, signal: np.ndarray, t_s: float, channel: int, sigma: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Add shot and read noise, quantise to the camera's bit depth.
+
+        ``sigma``, the noise level per pixel, is computed from the signal unless given: the
+        bright-field frame passes that of the empty scene, precomputed, because cells change
+        the transmission by tens of percent and so the noise level by a few, and this keeps
+        three full-frame passes out of every frame.
+        """
         rng = np.random.default_rng([self._rng_seed, 3 + channel, round(t_s * 1e7)])
-        sigma = np.multiply(signal, self._gain)
-        sigma += self._read_var
-        np.sqrt(sigma, out=sigma)
-        sigma *= background.noise_window(self._noise, self.height, self.width, rng)
+        window = background.noise_window(self._noise, self.height, self.width, rng)
+        if sigma is None:
+            np.maximum(signal, 0, out=signal)
+            sigma = np.multiply(signal, self._gain)
+            sigma += self._read_var
+            np.sqrt(sigma, out=sigma)
+            sigma *= window
+        else:
+            sigma = np.multiply(sigma, window, out=self._noise_frame)
         signal += sigma
         np.clip(signal, 0, self.full_scale, out=signal)
         return signal.astype(np.uint16)

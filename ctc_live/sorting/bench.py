@@ -72,6 +72,7 @@ def bench_sorter(options: BenchOptions) -> list[Figure]:
         Figure("start error |p50|", float(np.percentile(abs_err, 50)), "us"),
         Figure("start error |p99|", float(np.percentile(abs_err, 99)), "us"),
         Figure("start error |max|", float(abs_err.max()), "us"),
+        Figure("start error mean (bias)", float(errors.mean()), "us"),
         Figure("missed (>=5 ms ahead)", float(counts["missed"]), "pulses"),
         Figure("lost", float(counts["lost"]), "pulses"),
         Figure("errors", float(counts["error"]), "pulses"),

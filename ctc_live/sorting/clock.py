@@ -4,9 +4,10 @@ A PONG's controller time t was read at some host time between the PING's send s 
 PONG's receipt r, so each exchange bounds the offset: t − (r − ref) ≤ offset ≤ t − (s − ref)
 (in controller µs, rate applied). Intersecting the bounds of many exchanges keeps only the
 fastest outbound and the fastest return trip, which is much tighter than any one exchange,
-even the lowest-round-trip one. The offset comes from the exchanges of the last second (three
-once the rate is known); the drift (the controller crystal's rate error) from a straight-line fit through each
-second's intersection once they span long enough to tell a rate from noise.
+even the lowest-round-trip one. The offset comes from the exchanges of the last second
+(three once the rate is known); the drift (the controller crystal's rate error) from a
+straight-line fit through each second's intersection once they span long enough to tell a
+rate from noise.
 """
 
 from __future__ import annotations

@@ -361,7 +361,10 @@ class SorterEmulator:
                 master = self._master
             timeout = None if at is None else max(0.0, (at - time.monotonic_ns()) / 1e9)
             fds = [self._wake_r] + ([master] if master is not None else [])
-            readable, _, _ = select.select(fds, [], [], timeout)
+            try:
+                readable, _, _ = select.select(fds, [], [], timeout)
+            except OSError:
+                continue  # the port was unplugged between taking its fd and waiting on it
             if self._wake_r in readable:
                 os.read(self._wake_r, 4096)
             with self._lock:

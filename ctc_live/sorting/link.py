@@ -164,11 +164,11 @@ class SorterLink:
             self._pulses[pulse.id] = pulse
             if self._closed:
                 self._finish(pulse, "cancelled", detail="link closed")
-            elif target_host_ns <= time.monotonic_ns():
-                self._finish(pulse, "missed", detail="target already passed when fired")
-            elif self._synced:
+            elif self._synced and target_host_ns > time.monotonic_ns():
                 self._send_fire(pulse)
-            # Otherwise the link is down or re-syncing: sent (or missed) when it is back.
+            # Otherwise it waits unsent: sent when the link is back, or reported missed by the
+            # background thread once its time has passed (never from inside fire(), so the
+            # caller knows the id before its outcome arrives).
             return pulse.id
 
     def cancel(self, pulse_id: int) -> None:
@@ -395,6 +395,8 @@ class SorterLink:
         with self._lock:
             now = time.monotonic_ns()
             host_us = max(now // 1000, max(self._pings, default=0) + 1)
+            for old in [h for h, sent in self._pings.items() if now - sent > 10_000_000_000]:
+                del self._pings[old]  # never answered: forget it
             self._pings[host_us] = now
             self._last_ping_ns = now
             self._write(f"PING {host_us}")
@@ -553,8 +555,8 @@ class SorterLink:
     def _supervise(self) -> None:
         while not self._closed:
             try:
+                self._expire_unsent()
                 if not self._connected:
-                    self._expire_while_down()
                     self._reconnect()
                 elif self._need_resync:
                     self._handshake()
@@ -579,12 +581,17 @@ class SorterLink:
             return
         log.info("sorter: link back on %s; clock re-synced", self.port)
 
-    def _expire_while_down(self) -> None:
+    def _expire_unsent(self) -> None:
         with self._lock:
             now = time.monotonic_ns()
             for pulse in list(self._pulses.values()):
-                if pulse.target_host_ns <= now:
-                    self._finish(pulse, "missed", detail="time passed while the link was down")
+                if pulse.wire_id is None and pulse.target_host_ns <= now:
+                    detail = (
+                        "target already passed when fired"
+                        if pulse.sent_ns is None and self._synced
+                        else "time passed while the link was down"
+                    )
+                    self._finish(pulse, "missed", detail=detail)
 
     def _keep_alive(self) -> None:
         now = time.monotonic_ns()
@@ -601,7 +608,8 @@ class SorterLink:
                     continue
                 deadline = max(pulse.sent_ns, pulse.target_host_ns + pulse.width_us * 1000)
                 if now > deadline + timeout_ns:
-                    self._finish(pulse, "lost", detail="no outcome from the controller")
+                    said = "ACKed, then no outcome" if pulse.acked else "no ACK and no outcome"
+                    self._finish(pulse, "lost", detail=f"{said} from the controller")
         if rearm:
             self._arm_controller()
 

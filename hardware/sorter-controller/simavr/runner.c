@@ -6,13 +6,14 @@
  * Prints "PORT <pty path>" on the first line of stdout once the firmware is up, then runs
  * until SIGINT/SIGTERM.
  * SIGUSR1 resets the AVR (its reset button). --gate-log appends "<t_us> <level>" for each
- * edge of the gate pin (PB1), in emulated microseconds since reset: the pin's own truth,
+ * edge of the gate pin (PB1), in emulated microseconds since start: the pin's own truth,
  * independent of what the firmware reports.
  *
  * The bridge is done here rather than with simavr's uart_pty part, whose stop can hang on
- * exit and which symlinks a fixed name in the temp folder; and pacing is done here too,
- * because the firmware never sleeps (a sleeping core makes simavr jump the clock ahead,
- * which would delay bytes from the host by up to a timer period).
+ * exit and which symlinks a fixed name in the temp folder. Pacing is done here too, by
+ * emulated time: a sleeping core makes simavr jump its clock to the next timer event (the
+ * firmware wakes every 64 us, which bounds the jump), and the runner then waits for real
+ * time, waking early for bytes from the host.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -33,8 +34,9 @@
 #include "sim_elf.h"
 
 #define FREQ 16000000UL
-#define PACE_EVERY 400        /* instructions between I/O and pacing checks (~30 us) */
+#define PACE_EVERY 1600       /* cycles between I/O and pacing checks (100 us) */
 #define BOOT_CYCLES (FREQ / 200) /* 5 ms: the firmware has set up its UART */
+#define BEHIND_NS 200000      /* lagging more than this: warn (host-time checks void) */
 #define AHEAD_NS 20000        /* sleep when emulated time is this far ahead of real time */
 
 static volatile sig_atomic_t stop_flag, reset_flag;
@@ -91,6 +93,11 @@ static void gate_edge(struct avr_irq_t *irq, uint32_t value, void *param)
     (void)irq, (void)param;
     fprintf(gate_log, "%.3f %u\n", avr->cycle * 1e6 / FREQ, value ? 1u : 0u);
     fflush(gate_log);
+}
+
+static void no_sleep(avr_t *a, avr_cycle_count_t how_long)
+{
+    (void)a, (void)how_long;
 }
 
 /* simavr's own messages go to stderr: stdout carries only the PORT line. */
@@ -155,6 +162,7 @@ int main(int argc, char **argv)
         return 2;
     }
     avr_init(avr);
+    avr->sleep = no_sleep; /* pacing is done here, to the host's clock */
     avr_load_firmware(avr, &fw);
     avr->frequency = FREQ;
 
@@ -197,6 +205,7 @@ int main(int argc, char **argv)
     uint64_t start = now_ns();
     avr_cycle_count_t cycle_base = 0;
     int announced = 0;
+    uint64_t last_warning = 0;
     while (!stop_flag) {
         if (reset_flag) {
             reset_flag = 0;
@@ -207,7 +216,9 @@ int main(int argc, char **argv)
             cycle_base = avr->cycle;
             in_len = in_pos = 0;
         }
-        for (int i = 0; i < PACE_EVERY; i++) {
+        /* Run a slice of emulated time (a sleeping core skips ahead in big steps). */
+        avr_cycle_count_t slice_end = avr->cycle + PACE_EVERY;
+        while (avr->cycle < slice_end) {
             int state = avr_run(avr);
             if (state == cpu_Done || state == cpu_Crashed) {
                 fprintf(stderr, "sorter-sim: AVR stopped (state %d)\n", state);
@@ -224,15 +235,21 @@ int main(int argc, char **argv)
             avr_raise_irq(uart_in, in_buf[in_pos++]);
         flush_out();
 
-        if (!announced && avr->cycle >= BOOT_CYCLES) {
-            /* Announce the port once the firmware is up, so no first byte meets a UART
-             * that is not enabled yet. */
+        uint64_t emulated = (uint64_t)((avr->cycle - cycle_base) * (1e9 / FREQ));
+        uint64_t real = now_ns() - start;
+        if (!announced && avr->cycle >= BOOT_CYCLES && emulated + BEHIND_NS >= real) {
+            /* Announce the port once the firmware is up and keeping real time, so no first
+             * byte meets a UART that is not enabled yet. */
             printf("PORT %s\n", path);
             fflush(stdout);
             announced = 1;
         }
-        uint64_t emulated = (uint64_t)((avr->cycle - cycle_base) * (1e9 / FREQ));
-        uint64_t real = now_ns() - start;
+        if (emulated + BEHIND_NS < real && (!last_warning || real - last_warning > 1000000000ULL)) {
+            /* A busy host: the emulated clock lags and will catch up, which a real board's
+             * clock never does. Say so, since the timing it gives is not the firmware's. */
+            fprintf(stderr, "sorter-sim: %.1f ms behind real time\n", (real - emulated) / 1e6);
+            last_warning = real;
+        }
         if (emulated > real + AHEAD_NS) {
             /* Ahead of real time: wait, but wake at once for bytes from the host. */
             uint64_t wait = emulated - real;
