@@ -35,10 +35,14 @@ def ctc_time(config) -> float:
     return ctc_in_view_time(config)
 
 
+@pytest.fixture(scope="module")
+def rendered(config, ctc_time) -> SceneSource:
+    return SceneSource(config, n_frames=2, interval_s=0.01, start_s=ctc_time, sort_line_px=560)
+
+
 @pytest.fixture
-def source(config, ctc_time, tmp_path) -> SceneSource:
-    return SceneSource(config, n_frames=2, interval_s=0.01, start_s=ctc_time,
-                       sort_line_px=560, run_dir=tmp_path / "run")
+def source(rendered, tmp_path) -> SceneSource:
+    return rendered.new_run(tmp_path / "run")
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import datetime, timezone
+import pickle
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ def save_model(model: nn.Module, path: Path, card: dict) -> Path:
         "format": CARD_FORMAT,
         "classes": list(CLASSES),
         "threshold": 0.5,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "ctc_live_version": ctc_live.__version__,
         **card,
         "weights_file": path.name,
@@ -132,7 +133,8 @@ def load_init_weights(model: nn.Module, path: Path) -> None:
             state = load_safetensors_bytes(path.read_bytes())
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types for a bad file
+    except (pickle.UnpicklingError, SafetensorError, RuntimeError, EOFError, OSError,
+            ValueError) as exc:
         raise CtcLiveError(f"{path}: cannot read init weights: {exc}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

@@ -3,13 +3,12 @@
 Importing this package imports Qt; the pipeline and the headless paths never do.
 """
 
-from ctc_live.dashboard.app import display_available, run_dashboard, save_screenshot
+from ctc_live.dashboard.app import run_dashboard, save_screenshot
 from ctc_live.dashboard.window import DashboardWindow, SnapshotSource
 
 __all__ = [
     "DashboardWindow",
     "SnapshotSource",
-    "display_available",
     "run_dashboard",
     "save_screenshot",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -17,15 +16,6 @@ log = logging.getLogger(__name__)
 
 # After a timed run sends Stop, how long the pipeline may take to drain before we give up.
 STOP_GRACE_S = 30.0
-
-
-def display_available() -> bool:
-    """Whether a window can be shown (or rendered offscreen, when Qt is told to)."""
-    if os.environ.get("QT_QPA_PLATFORM"):
-        return True
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
 
 
 def check_qt_binding() -> None:
@@ -65,6 +55,9 @@ def run_dashboard(
     duration_s: float | None = None,
 ) -> int:
     """Show the dashboard on a started pipeline until the run ends; returns an exit status.
+
+    ``source`` must be running when this is called: a source that is not running at the
+    window's first look is taken as a run that has already ended.
 
     The run ends when the pipeline stops on its own (end of a replay, an error), when
     ``duration_s`` has passed (the window sends Stop and waits for the pipeline to drain), or
@@ -109,7 +102,10 @@ def run_dashboard(
     if duration_s is not None:
         duration_timer.start(round(duration_s * 1000))
     window.show()
-    loop.exec()
+    first = window.refresh()
+    # Not running at the first look: the run ended before the window came up.
+    if first is None or first.running:
+        loop.exec()
     duration_timer.stop()
     overdue_timer.stop()
 

@@ -105,10 +105,13 @@ class LiveImage(QtWidgets.QWidget):
             self.auto_contrast.setChecked(False)
 
     def update_from(self, snap: Snapshot) -> None:
+        if snap.frame is None:
+            self.info.setText("waiting for the first frame")
+            return
         age = snap.frame_age_ms
         age_text = "" if age is None else f"   age {age:,.1f} ms"
         self.info.setText(f"frame {snap.frame_number:,}{age_text}")
-        if snap.frame is None or snap.frame_number == self.shown_frame_number:
+        if snap.frame_number == self.shown_frame_number:
             return
         self._set_frame(snap.frame)
         self.shown_frame_number = snap.frame_number

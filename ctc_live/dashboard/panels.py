@@ -90,9 +90,10 @@ class CountsPanel(QtWidgets.QGroupBox):
             self.values[key].setText(_count(snap.counts.get(key, 0)))
         self.values["frames_processed"].setText(_count(snap.frames.get("processed", 0)))
         self.values["frames_dropped"].setText(_count(sum(snap.dropped.values())))
-        self.dropped_detail.setText(
-            "\n".join(f"{reason}: {n:,}" for reason, n in sorted(snap.dropped.items()) if n)
-        )
+        detail = [f"{reason}: {n:,}" for reason, n in sorted(snap.dropped.items()) if n]
+        if snap.counts.get("crops_dropped"):
+            detail.append(f"crops dropped: {snap.counts['crops_dropped']:,}")
+        self.dropped_detail.setText("\n".join(detail))
 
 
 class RatesPlot(pg.GraphicsLayoutWidget):

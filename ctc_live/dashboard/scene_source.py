@@ -10,6 +10,7 @@ they are not measurements.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -68,13 +69,23 @@ class SceneSource:
         self.run_dir = run_dir
         self.times = [start_s + i * interval_s for i in range(n_frames)]
         self.frames = [self.scene.render(t) for t in self.times]
+        self._new_run()
+
+    def _new_run(self) -> None:
         self.index = 0
         self.sent: list[Command] = []
         self.running = True
         self.recording = False
         self.armed = False
-        self.threshold = config.classifier.threshold
+        self.threshold = self.config.classifier.threshold
         self._rng = np.random.default_rng(0)
+
+    def new_run(self, run_dir: Path | None = None) -> SceneSource:
+        """A fresh run over the same frames: rendering them is the slow part."""
+        run = copy.copy(self)
+        run.run_dir = run_dir
+        run._new_run()
+        return run
 
     def advance(self) -> None:
         self.index = (self.index + 1) % len(self.frames)

@@ -16,11 +16,11 @@ import cv2
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from ctc_live.classification.networks import CLASSES  # noqa: E402
-from ctc_live.errors import CtcLiveError  # noqa: E402
+from ctc_live.classification.networks import CLASSES
+from ctc_live.errors import CtcLiveError
 
 log = logging.getLogger(__name__)
 

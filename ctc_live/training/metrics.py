@@ -22,7 +22,7 @@ def classification_metrics(y_true: np.ndarray, p_ctc: np.ndarray, threshold: flo
     both = len(np.unique(y_true)) == 2
     fpr, tpr = roc_curve(y_true, p_ctc)[:2] if both else (np.array([]), np.array([]))
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
         "f1": float(f1_score(y_true, pred, zero_division=0)),

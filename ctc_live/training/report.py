@@ -9,8 +9,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -97,41 +97,41 @@ def training_report(metrics: dict, data_summary: dict, settings: dict, model_fil
     lines = [
         f"# Training report: {settings['model']}",
         "",
-        f"Data: `{data_summary['path']}` — {data_summary['crops']} crops "
+        (f"Data: `{data_summary['path']}` — {data_summary['crops']} crops "
         f"({', '.join(f'{k} {v}' for k, v in data_summary['per_class'].items())}); labels from "
-        f"{', '.join(data_summary['label_sources'])}.",
+        f"{', '.join(data_summary['label_sources'])}."),
         "",
-        f"Protocol: {settings['folds']}-fold stratified cross-validation (shuffled, seed "
+        (f"Protocol: {settings['folds']}-fold stratified cross-validation (shuffled, seed "
         f"{settings['seed']}); in each fold the training part is split "
         f"{round(100 * (1 - settings['val_fraction']))}/{round(100 * settings['val_fraction'])} "
         f"into train/validation and augmented (rotation, shear ±{settings['shear_deg']}°, flips, "
         f"shift ±{settings['shift_px']} px) to {settings['per_class']} crops per class; "
         f"cross-entropy, Adam lr {settings['lr']:g} with cosine decay, batch "
         f"{settings['batch_size']}, at most {settings['max_epochs']} epochs, early stopping "
-        f"(patience {settings['patience']}) on validation loss.",
+        f"(patience {settings['patience']}) on validation loss."),
         "",
         "## Cross-validated results beside the paper's",
         "",
         "| | accuracy | balanced accuracy | F1 | AUC |",
         "| --- | --- | --- | --- | --- |",
-        f"| **ours** ({settings['model']}, mean ± sd over folds) | "
+        (f"| **ours** ({settings['model']}, mean ± sd over folds) | "
         f"{_pct(mean['accuracy'])} ± {_pct(std['accuracy'])} | "
         f"{_pct(mean['balanced_accuracy'])} ± {_pct(std['balanced_accuracy'])} | "
-        f"{_num(mean['f1'])} | {_num(mean['auc'])} |",
+        f"{_num(mean['f1'])} | {_num(mean['auc'])} |"),
     ]
     for name, p in PAPER.items():
         lines.append(f"| paper: {name} | {_pct(p.get('accuracy'))} | n/a | "
                      f"{_num(p.get('f1'))} | {_num(p.get('auc'))} |")
     lines += [
         "",
-        "The paper's figures come from its own data (HCT-116 cells, and 95 crops from two RCC "
+        ("The paper's figures come from its own data (HCT-116 cells, and 95 crops from two RCC "
         "patients); ours come from the data named above, so the rows compare protocols, not "
-        "cells.",
+        "cells."),
         "",
         "## Per fold",
         "",
-        "| fold | test crops | accuracy | balanced | F1 | AUC | confusion [[TN, FP], [FN, TP]] "
-        "| best epoch |",
+        ("| fold | test crops | accuracy | balanced | F1 | AUC | confusion [[TN, FP], [FN, TP]] "
+        "| best epoch |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for f in folds:
