@@ -234,3 +234,26 @@ def test_record_command_writes_recording_and_ground_truth(tmp_path, capsys):
     assert (tmp_path / "rec.truth.json").is_file()
     assert main(["record", "--config", str(cfg), "--frames", "5", "--out", str(out)]) == 2
     assert "file exists" in capsys.readouterr().err
+
+
+def test_lossless_simulation_waits_for_a_slow_consumer_instead_of_dropping():
+    camera = open_camera(sim_config(), lossless=True)
+    out: queue.Queue = queue.Queue(maxsize=4)
+    acq = Acquisition(camera, out)
+    assert acq.block
+    got = []
+    acq.start()
+    while len(got) < 40:
+        got.append(out.get(timeout=10).number)
+        time.sleep(0.02)  # 50 frames/s against a 200 frames/s camera
+    acq.stop()
+    camera.close()
+    assert got == list(range(40))
+    assert acq.dropped["camera_skipped"] == acq.dropped["buffer_overflow"] == 0
+
+
+def test_recording_that_cannot_be_created_names_the_file(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(RecordingError, match="not-a-folder"):
+        RecordingWriter(blocker / "run.ome.tif", fps=200, pixel_size_um=0.5)

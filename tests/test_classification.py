@@ -55,12 +55,12 @@ def torchvision_resnet50_shapes() -> dict[str, tuple]:
 
 def test_resnet50_body_has_torchvision_keys_and_shapes():
     expected = {k: v for k, v in torchvision_resnet50_shapes().items() if not k.startswith("fc.")}
-    ours = {k: tuple(v.shape) for k, v in build_network("resnet50").state_dict().items()
-            if not k.startswith("fc.")}
+    state = build_network("resnet50").state_dict()
+    ours = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("fc.")}
     assert ours == expected
     assert len(expected) == 318  # torchvision's 320 minus fc.weight and fc.bias
-    head = [k for k in build_network("resnet50").state_dict() if k.startswith("fc.")]
-    assert head and all(k.startswith("fc.") for k in head)
+    assert [k for k in state if k.startswith("fc.")] == [
+        "fc.0.weight", "fc.0.bias", "fc.3.weight", "fc.3.bias"]
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

@@ -11,7 +11,7 @@ from ctc_live.config import Config
 from ctc_live.dashboard import DashboardWindow, run_dashboard, save_screenshot
 from ctc_live.dashboard.app import check_qt_binding
 from ctc_live.dashboard.history import RateHistory
-from ctc_live.dashboard.image import STATE_COLOURS
+from ctc_live.dashboard.image import STATE_COLOURS, auto_levels
 from ctc_live.dashboard.scene_source import SceneSource
 from ctc_live.pipeline.snapshot import Arm, SaveFrame, SetRecording, SetThreshold, Start, Stop
 from ctc_live.simulation import FlowScene
@@ -74,7 +74,8 @@ def test_counts_on_screen_match_the_snapshot(window, source):
         n = sum(c.state == state for c in snap.cells)
         assert item.path().elementCount() == 5 * n, state
     assert any(c.state == "ctc" for c in snap.cells)
-    assert set(window.image.labels) == {c.track_id for c in snap.cells}
+    for state, item in window.image.ids.items():
+        assert item.path().isEmpty() == (not any(c.state == state for c in snap.cells)), state
     assert window.image.sort_line.isVisible() and window.image.sort_line.value() == 560
     assert window.run.fields["config"].text() == "sim"
     assert window.run.fields["threshold"].text() == "0.50"
@@ -82,12 +83,12 @@ def test_counts_on_screen_match_the_snapshot(window, source):
 
 def test_overlays_follow_the_next_frame(window, source):
     window.refresh()
-    first = set(window.image.labels)
-    source.index = 1  # the next frame, 10 ms later: same tracks, moved
+    first = window.image.boxes["wbc"].path().boundingRect()
+    source.index = 1  # the next frame, 10 ms later: the same cells, moved along the flow
     snap = window.refresh()
     assert window.image.shown_frame_number == snap.frame_number
-    assert set(window.image.labels) == {c.track_id for c in snap.cells}
-    assert first & set(window.image.labels)
+    moved = window.image.boxes["wbc"].path().boundingRect()
+    assert moved.left() > first.left() and moved.top() == pytest.approx(first.top(), abs=1)
 
 
 def test_latency_and_sorter_panels(window, source):
@@ -149,6 +150,12 @@ def test_closing_the_window_sends_stop(window, source):
     window.close()
     assert source.sent[-1] == Stop()
     assert not window.timer.isActive()
+
+
+def test_frames_are_auto_contrasted_from_the_first(window, source):
+    snap = window.refresh()
+    assert window.image.image.levels == pytest.approx(auto_levels(snap.frame))
+    assert window.image.histogram.getLevels() == pytest.approx(auto_levels(snap.frame))
 
 
 def test_dragging_the_levels_holds_them(window, source):

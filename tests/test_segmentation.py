@@ -35,8 +35,9 @@ def bbbc():
     return bbbc030.load()
 
 
-def bright_field_cell(image: np.ndarray, cx: float, cy: float, r: float, contrast: float,
-                      seed: int = 0) -> None:
+def bright_field_cell(
+    image: np.ndarray, cx: float, cy: float, r: float, contrast: float, seed: int = 0
+) -> None:
     """Draw a bright-field-like cell in place: dark rim, lighter textured body."""
     yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
     d = np.hypot(xx - cx, yy - cy)
@@ -110,11 +111,25 @@ def test_straight_walls_and_large_structures_are_not_cells():
     # A cell whose rim merges with a wall edge is kept (one lying across a wall is lost in a
     # still image; the flow path's background model handles that case).
     bright_field_cell(image, 420, 88, 11, 600, seed=2)
-    labels, cells = segment_image(image.astype(np.uint16), SegmentationConfig(), PX)
+    _, cells = segment_image(image.astype(np.uint16), SegmentationConfig(), PX)
     centres = sorted((round(c.x_px), round(c.y_px)) for c in cells)
     assert len(cells) == 2, centres
     assert abs(centres[0][0] - 320) <= 2 and abs(centres[0][1] - 240) <= 2
     assert abs(centres[1][0] - 420) <= 3 and abs(centres[1][1] - 88) <= 4
+
+
+@pytest.mark.parametrize("method", ["realtime", "reference"])
+def test_narrow_channel_frame_walls_are_not_cells(method):
+    """A small frame of a narrow channel at high magnification (like real-time deformability
+    cytometry: 250×80 px at 0.34 µm/px): the walls span the frame but are shorter than the
+    usual wall run."""
+    image = noisy_background((80, 250), level=900, noise=5)
+    image[8:12, :] -= 350
+    image[68:72, :] -= 350
+    image[:, :] += np.linspace(0, 60, 250)  # uneven illumination
+    bright_field_cell(image, 120, 40, 18, 400)  # 12 µm cell
+    _, cells = segment_image(image.astype(np.uint16), SegmentationConfig(), 0.34, method)
+    assert [(round(c.x_px), round(c.y_px)) for c in cells] == [(120, 40)]
 
 
 def test_noise_only_frame_has_no_cells():
@@ -129,7 +144,7 @@ def test_edge_cells_flagged_not_dropped_and_single_cell_flag():
     yy, xx = np.mgrid[0:480, 0:640]
     ellipse = ((xx - 500) / 26.0) ** 2 + ((yy - 300) / 10.0) ** 2 < 1  # aspect 2.6
     image[ellipse] -= 300
-    labels, cells = segment_image(image.astype(np.uint16), SegmentationConfig(), PX)
+    _, cells = segment_image(image.astype(np.uint16), SegmentationConfig(), PX)
     by_x = sorted(cells, key=lambda c: c.x_px)
     assert len(by_x) == 3
     edge, round_cell, long_cell = by_x
@@ -303,10 +318,18 @@ def test_segment_cli_writes_outputs_and_goes_on_past_bad_images(tmp_path, capsys
     Image.fromarray(rgb).save(tmp_path / "cells_rgb.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
     out = tmp_path / "out"
-    rc = main([
-        "segment", str(tmp_path / "cells16.tif"), str(tmp_path / "broken.png"),
-        str(tmp_path / "cells_rgb.png"), "--pixel-size", "0.5", "--out", str(out),
-    ])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "cells16.tif"),
+            str(tmp_path / "broken.png"),
+            str(tmp_path / "cells_rgb.png"),
+            "--pixel-size",
+            "0.5",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 2
     assert "broken.png: cannot read as an image" in captured.err
@@ -328,9 +351,24 @@ def test_segment_cli_reference_method_and_bad_pixel_size(tmp_path, capsys):
     image = noisy_background((120, 160), level=1200)
     bright_field_cell(image, 80, 60, 11, 500)
     tifffile.imwrite(tmp_path / "one.tif", image.astype(np.uint16))
-    assert main(["segment", str(tmp_path / "one.tif"), "--pixel-size", "0.5", "--out",
-                 str(tmp_path), "--method", "reference"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "one.tif"),
+                "--pixel-size",
+                "0.5",
+                "--out",
+                str(tmp_path),
+                "--method",
+                "reference",
+            ]
+        )
+        == 0
+    )
     assert "1 cells" in capsys.readouterr().out
-    assert main(["segment", str(tmp_path / "one.tif"), "--pixel-size", "0", "--out",
-                 str(tmp_path)]) == 2
+    assert (
+        main(["segment", str(tmp_path / "one.tif"), "--pixel-size", "0", "--out", str(tmp_path)])
+        == 2
+    )
     assert "--pixel-size" in capsys.readouterr().err

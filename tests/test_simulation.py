@@ -70,7 +70,7 @@ def test_mean_brightness_does_not_give_the_class_away():
     for c in scene.cells[:300]:
         sprite = scene.cell_sprite(c)
         h = sprite.shape[0] // 2
-        r = int(c.morphology.radius_px * 0.8)
+        r = int(scene.morphology(c).radius_px * 0.8)
         means[c.kind].append(sprite[h - r : h + r, h - r : h + r].mean())
     ctc, wbc = np.array(means["ctc"]), np.array(means["wbc"])
     # Probability that a random CTC is darker than a random WBC: near 0.5, not near 0 or 1.

@@ -36,6 +36,11 @@ def drain(link: SorterLink) -> dict:
     return out
 
 
+# A pulse re-sent right after a re-sync rests on the sync burst alone, before the background
+# exchanges refine the clock: allow it more than the steady state's 500 µs.
+RESYNC_TOLERANCE_US = 1000
+
+
 def true_error_us(link: SorterLink, outcome) -> float:
     entry = {e.id: e for e in link.emulator.pulse_log()}[outcome.wire_id]
     return (entry.start_host_ns - outcome.target_host_ns) / 1000
@@ -125,7 +130,7 @@ def test_controller_reset_mid_run_resends_future_pulses(link):
     outcomes = drain(link)
     assert outcomes[soon].outcome in ("done", "missed")  # re-sent if the re-sync was quick
     assert outcomes[later].outcome == "done"
-    assert abs(true_error_us(link, outcomes[later])) < 500
+    assert abs(true_error_us(link, outcomes[later])) < RESYNC_TOLERANCE_US
     status = link.status()
     assert status["resets"] == resets + 1 and status["armed"]
 
@@ -144,7 +149,7 @@ def test_port_vanishes_and_returns_with_pulses_pending(link):
     assert outcomes[passed].outcome == "missed"
     assert "link was down" in outcomes[passed].detail
     assert outcomes[future].outcome == "done"
-    assert abs(true_error_us(link, outcomes[future])) < 500
+    assert abs(true_error_us(link, outcomes[future])) < RESYNC_TOLERANCE_US
     status = link.status()
     assert status["connected"] and status["armed"] and status["disconnects"] == 1
     assert status["counts"]["lost"] == 0

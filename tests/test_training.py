@@ -82,7 +82,7 @@ def test_bad_datasets_are_refused(tmp_path):
 def test_train_learns_writes_every_report_and_evaluates(synthetic_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     rc = main(["train", "--data", str(synthetic_dataset), "--model", "compact", "--out",
-               str(run), "--folds", "3", "--per-class", "80", "--epochs", "5",
+               str(run), "--folds", "3", "--per-class", "48", "--epochs", "4",
                "--batch-size", "16", "--seed", "3"])
     assert rc == 0
     for name in ("metrics.json", "history.json", "report.md", "learning_curves.png", "roc.png",
@@ -115,7 +115,7 @@ def test_training_is_deterministic_with_a_seed(synthetic_dataset):
     from ctc_live.training.protocol import TrainSettings, fit, prepare_dataset
 
     ds = read_dataset(synthetic_dataset)
-    settings = TrainSettings(model="compact", per_class=40, max_epochs=2)
+    settings = TrainSettings(model="compact", per_class=24, max_epochs=2)
     x = prepare_dataset(ds, settings)
     a = fit(x, ds.labels, settings, 5, "a")
     b = fit(x, ds.labels, settings, 5, "b")

@@ -60,6 +60,14 @@ class Camera:
         return self.device.error if self.device is not None else None
 
     @property
+    def lossless(self) -> bool:
+        """Whether the camera waits for a full buffer instead of losing frames (recording a
+        simulation, replaying at "max"); the acquisition thread then waits for its consumer."""
+        if isinstance(self.device, SimCamera):
+            return self.device.lossless
+        return isinstance(self.device, ReplayCamera) and self.device.speed == "max"
+
+    @property
     def ends(self) -> bool:
         """Whether the stream ends by itself (a recording), rather than only when stopped."""
         return self.kind == "replay"
@@ -95,11 +103,14 @@ def _detach_all() -> None:
         _detach_callbacks(camera.core)
 
 
-def open_camera(config: Config, *, loop_frames: int | None = None) -> Camera:
+def open_camera(
+    config: Config, *, loop_frames: int | None = None, lossless: bool = False
+) -> Camera:
     """The configured camera's core with the camera selected and the buffer sized.
 
     ``loop_frames`` (sim only) streams that many pre-rendered frames in a loop, to measure
-    the acquisition path alone.
+    the acquisition path alone. ``lossless`` (sim only) makes the simulated camera come late
+    rather than skip frames when the host is busy, for recordings.
     """
     cam = config.camera
     if cam.core == "micromanager":
@@ -109,7 +120,7 @@ def open_camera(config: Config, *, loop_frames: int | None = None) -> Camera:
     core = UniMMCore(mm_path=str(Path(__file__).parent))
     if cam.core == "sim":
         scene = FlowScene(config)
-        device = SimCamera(scene, cam.fps, loop_frames=loop_frames)
+        device = SimCamera(scene, cam.fps, loop_frames=loop_frames, lossless=lossless)
         camera = Camera(core, "sim", device=device, scene=scene)
     else:
         recording = Recording(cam.recording)
@@ -120,8 +131,8 @@ def open_camera(config: Config, *, loop_frames: int | None = None) -> Camera:
                 + (f" ({recording.damage})" if recording.damage else "")
             )
         device = ReplayCamera(recording, cam.replay_speed, cam.exposure_ms)
-        device.buffer_full = lambda: core.getBufferFreeCapacity() < 2
         camera = Camera(core, "replay", device=device, recording=recording)
+    device.buffer_full = lambda: core.getBufferFreeCapacity() < 2
     core.loadPyDevice(CAMERA_LABEL, device)
     core.initializeDevice(CAMERA_LABEL)
     core.setCameraDevice(CAMERA_LABEL)

@@ -45,6 +45,8 @@ class _StreamingCamera(CameraDevice):
         # The core's acquisition thread swallows a device's exception into a log line;
         # keeping it here lets the acquisition thread report what went wrong.
         self.error: BaseException | None = None
+        # Set by open_camera: true while the core's buffer is too full to take a frame.
+        self.buffer_full: Callable[[], bool] = lambda: False
 
     def shape(self) -> tuple[int, int]:
         return self._shape
@@ -82,13 +84,24 @@ class SimCamera(_StreamingCamera):
     starts at host ``t0 + round(k / fps * 1e9)`` ns, where t0 is fixed when streaming starts
     (a restart continues the scene where it stopped). ``loop_frames`` pre-renders that many
     frames and cycles them, to measure the acquisition path without the renderer's cost.
+
+    ``lossless`` (for recording): never skip a frame; when the host is too busy to keep up
+    the frames come late, and a full core buffer makes the camera wait rather than be
+    overwritten. Live runs keep the default: a real sensor does not wait for the host.
     """
 
-    def __init__(self, scene: FlowScene, fps: float, loop_frames: int | None = None):
+    def __init__(
+        self,
+        scene: FlowScene,
+        fps: float,
+        loop_frames: int | None = None,
+        lossless: bool = False,
+    ):
         super().__init__(scene.height, scene.width, scene.exposure_s * 1000.0)
         self.scene = scene
         self.fps = float(fps)
         self.next_frame = 0
+        self.lossless = lossless
         self._loop = (
             [scene.render(k / self.fps) for k in range(loop_frames)] if loop_frames else None
         )
@@ -108,13 +121,15 @@ class SimCamera(_StreamingCamera):
         while n is None or emitted < n:
             start_ns = t0 + round(k / fps * 1e9)
             behind = time.monotonic_ns() - (start_ns + exposure_ns)
-            if behind > MAX_BEHIND_NS:
+            if behind > MAX_BEHIND_NS and not self.lossless:
                 k += int(behind * fps // 1e9)
                 image = None
                 continue
             if image is None:
                 image = self._image(k)
             sleep_until(start_ns + exposure_ns)  # a frame exists once its exposure ends
+            while self.lossless and self.buffer_full():
+                time.sleep(0.0005)
             get_buffer(shape, np.uint16)[:] = image
             image = None
             self.next_frame = k + 1
@@ -149,8 +164,6 @@ class ReplayCamera(_StreamingCamera):
         self.recording = recording
         self.speed = speed
         self.next_index = 0
-        # Set by open_camera: true while the core's buffer is too full to take a frame.
-        self.buffer_full: Callable[[], bool] = lambda: False
 
     def _stream(self, n, get_buffer) -> Iterator[Mapping]:
         rec, shape = self.recording, self._shape

@@ -47,12 +47,15 @@ class RecordingWriter:
         self, path: str | Path, *, fps: float, pixel_size_um: float, config_yaml: str = ""
     ):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._header = json.dumps(
             {"format": FORMAT, "fps": fps, "pixel_size_um": pixel_size_um, "config": config_yaml}
         )
         self._pixel_size_um = pixel_size_um
-        self._tif = tifffile.TiffWriter(self.path, bigtiff=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tif = tifffile.TiffWriter(self.path, bigtiff=True)
+        except OSError as exc:
+            raise RecordingError(f"{self.path}: cannot create the recording: {exc}") from None
         self._shape: tuple[int, int] | None = None
         self._delta_t: list[float] = []
         self._first_exposure_ns: int | None = None
@@ -258,14 +261,17 @@ class Recorder(threading.Thread):
         try:
             while (frame := self._queue.get()) is not None:
                 self.writer.append(frame)
-        except BaseException as exc:  # disk full, permissions: reported by stop()
+        except Exception as exc:  # disk full, permissions: reported by stop()
             self.error = exc
             log.error("recorder stopped: %s", exc)
             self.dropped += 1
             while self._queue.get() is not None:  # keep offer() from filling up unseen
                 self.dropped += 1
         finally:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except Exception as exc:
+                self.error = self.error or exc
 
     def stop(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -4,7 +4,7 @@ Every frame the camera produced is accounted for: ``received + sum(dropped.value
 produced``, where ``produced`` runs up to the newest frame number seen. Losses by reason:
 
 - ``queue_full``: the next stage was too slow, the bounded queue was full (never blocks the
-  camera unless ``block=True``, meant for offline replay);
+  camera unless ``block=True``, meant for lossless recording and offline replay);
 - ``buffer_overflow``: the core's circular buffer overwrote frames before they were popped
   (gaps in the core's ImageNumber);
 - ``camera_skipped``: the camera itself skipped frames (gaps in the device's frame number
@@ -39,8 +39,8 @@ FPS_WINDOW_S = 0.5
 class Acquisition(threading.Thread):
     """Streams ``camera`` into ``out`` (a bounded queue of :class:`Frame`; ``None`` marks the
     end of the stream). ``recorder``, if given, is offered every popped frame, including the
-    ones the queue had no room for. ``block`` (default: only when replaying at "max" speed)
-    makes a full queue wait instead of dropping.
+    ones the queue had no room for. ``block`` (default: ``camera.lossless``, i.e. when recording a
+    simulation or replaying at "max") makes a full queue wait instead of dropping.
     """
 
     def __init__(
@@ -57,10 +57,7 @@ class Acquisition(threading.Thread):
         self.camera = camera
         self.out = out
         self.recorder = recorder
-        # Offline replay as fast as possible waits for the consumer instead of dropping.
-        self.block = (
-            block if block is not None else camera.kind == "replay" and camera.device.speed == "max"
-        )
+        self.block = camera.lossless if block is None else block
         self.poll_s = poll_s
         self.stall_timeout_s = stall_timeout_s
         self.produced = 0
@@ -180,20 +177,19 @@ class Acquisition(threading.Thread):
 
     def _deliver(self, frame: Frame) -> None:
         if self.block:
-            while True:
+            while not self._stop_event.is_set():
                 try:
                     self.out.put(frame, timeout=0.1)
-                    break
+                    self.received += 1
+                    return
                 except queue.Full:
-                    if self._stop_event.is_set():
-                        self.dropped["queue_full"] += 1
-                        return
-        else:
-            try:
-                self.out.put_nowait(frame)
-            except queue.Full:
-                self.dropped["queue_full"] += 1
-                return
+                    continue
+        # Live, or stopping: never wait for the consumer.
+        try:
+            self.out.put_nowait(frame)
+        except queue.Full:
+            self.dropped["queue_full"] += 1
+            return
         self.received += 1
 
     def _update_fps(self, exposure_ns: int) -> None:

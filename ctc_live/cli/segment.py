@@ -24,13 +24,26 @@ def add_parser(sub) -> None:
         ),
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    p.add_argument("--pixel-size", type=float, required=True, metavar="UM",
-                   help="pixel size in µm at the sample")
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        required=True,
+        metavar="UM",
+        help="pixel size in µm at the sample",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    p.add_argument("--method", choices=["realtime", "reference"], default=None,
-                   help="segmentation method (default: the config's, realtime)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="config file whose segmentation section is used (default: built-in)")
+    p.add_argument(
+        "--method",
+        choices=["realtime", "reference"],
+        default=None,
+        help="segmentation method (default: the config's, realtime)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file whose segmentation section is used (default: built-in)",
+    )
     p.set_defaults(func=run)
 
 

@@ -76,20 +76,23 @@ def bench_dashboard(options: BenchOptions) -> list[Figure]:
         app.processEvents()
 
     times = np.empty(n_refresh)
+    cpu_start = time.process_time_ns()
     for i in range(n_refresh):
         start = time.perf_counter_ns()
         window.refresh()
         app.processEvents()  # the repaint
         times[i] = (time.perf_counter_ns() - start) / 1e6
+    cpu_ms = (time.process_time_ns() - cpu_start) / 1e6 / n_refresh
     window.close()
     app.processEvents()
 
     cells = np.mean([len(s.cells) for s in snapshots])
-    mean = float(times.mean())
     return [
-        Figure("refresh, mean", mean, "ms"),
-        Figure("refresh, median", float(np.median(times)), "ms"),
-        Figure("refresh, p99", float(np.percentile(times, 99)), "ms"),
-        Figure(f"GUI thread busy at {refresh_hz:g} Hz", mean * refresh_hz / 10, "%"),
+        # CPU time is what the dashboard takes from the pipeline; wall time also counts the
+        # waits of a busy machine.
+        Figure("refresh, CPU time", cpu_ms, "ms"),
+        Figure(f"CPU at {refresh_hz:g} Hz", cpu_ms * refresh_hz / 10, "% of a core"),
+        Figure("refresh, wall median", float(np.median(times)), "ms"),
+        Figure("refresh, wall p99", float(np.percentile(times, 99)), "ms"),
         Figure("cells in view", float(cells), "cells"),
     ]

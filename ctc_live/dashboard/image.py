@@ -20,7 +20,7 @@ STATE_PEN_WIDTH = {"ctc": 3.5, "wbc": 2.0, "uncertain": 2.5, "pending": 1.5}
 # Auto contrast from a subsample: percentiles of every 8th pixel track the full frame closely
 # and cost microseconds.
 AUTO_LEVEL_STEP = 8
-LABEL_POINT_SIZE = 11
+ID_FONT_PX = 13  # in image pixels: ids scale with the image
 AUTO_LEVEL_PERCENTILES = (0.5, 99.5)
 
 
@@ -36,12 +36,26 @@ def auto_levels(frame: np.ndarray) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1))
 
 
+def _digit_glyphs() -> dict[str, tuple[QtGui.QPainterPath, float]]:
+    """Outline and advance of each digit: laying out text per cell and frame costs more than
+    the frame itself, so ids are assembled from these."""
+    font = QtGui.QFont()
+    font.setPixelSize(ID_FONT_PX)
+    font.setBold(True)
+    metrics = QtGui.QFontMetricsF(font)
+    glyphs = {}
+    for digit in "0123456789-":
+        path = QtGui.QPainterPath()
+        path.addText(QtCore.QPointF(0, 0), font, digit)
+        glyphs[digit] = (path, metrics.horizontalAdvance(digit))
+    return glyphs
+
+
 class LiveImage(QtWidgets.QWidget):
     """Shows the latest frame of each snapshot with boxes coloured by each cell's state."""
 
-    def __init__(self, max_value: int, parent: QtWidgets.QWidget | None = None) -> None:
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
-        self.max_value = max_value
         self.shown_frame_number: int | None = None
         self._setting_levels = False
 
@@ -68,22 +82,27 @@ class LiveImage(QtWidgets.QWidget):
         # The histogram is redrawn by update_histogram() at the slow panel rate: recomputing
         # it (and repainting its axis) on every frame costs more than showing the frame.
         self.image.sigImageChanged.disconnect(self.histogram.imageChanged)
-        self.histogram.setLevels(0, max_value)
         self.histogram.sigLevelChangeFinished.connect(self._levels_changed)
         self.view_widget.addItem(self.histogram)
 
+        # One path per state for the boxes and one for the track ids (text as outlines in
+        # image pixels): a handful of items however many cells, rebuilt once per frame.
         self.boxes: dict[str, QtWidgets.QGraphicsPathItem] = {}
+        self.ids: dict[str, QtWidgets.QGraphicsPathItem] = {}
         for state, colour in STATE_COLOURS.items():
-            item = QtWidgets.QGraphicsPathItem()
+            box = QtWidgets.QGraphicsPathItem()
             pen = pg.mkPen(colour, width=STATE_PEN_WIDTH[state])
             pen.setCosmetic(True)
-            item.setPen(pen)
-            item.setZValue(10)
-            self.view.addItem(item)
-            self.boxes[state] = item
-        self.labels: dict[int, pg.TextItem] = {}  # by track id
-        self._label_state: dict[int, str] = {}  # by track id: the state its label shows
-        self._spare_labels: list[pg.TextItem] = []
+            box.setPen(pen)
+            box.setZValue(10)
+            ids = QtWidgets.QGraphicsPathItem()
+            ids.setPen(QtGui.QPen(QtCore.Qt.PenStyle.NoPen))
+            ids.setBrush(pg.mkBrush(colour))
+            ids.setZValue(11)
+            for item in (box, ids):
+                self.view.addItem(item)
+            self.boxes[state], self.ids[state] = box, ids
+        self._digits = _digit_glyphs()
         self.sort_line = pg.InfiniteLine(
             angle=90,
             pen=pg.mkPen((0, 200, 255), width=2, style=QtCore.Qt.PenStyle.DashLine),
@@ -139,40 +158,27 @@ class LiveImage(QtWidgets.QWidget):
             levels = self.histogram.getLevels()
         self.image.setImage(frame, autoLevels=False, levels=levels)
         if first:
+            # The histogram set its own default levels before there was an image; pyqtgraph
+            # applies those after the first image, so put ours back through the histogram.
+            self._setting_levels = True
+            try:
+                self.histogram.setLevels(*levels)
+            finally:
+                self._setting_levels = False
             self.view.autoRange(padding=0)
             self.update_histogram()
 
     def _draw_cells(self, cells: tuple[CellView, ...]) -> None:
-        paths = {state: QtGui.QPainterPath() for state in self.boxes}
-        # A track keeps its label while it is in view: re-laying out text is the dearest part
-        # of an overlay, so text is set only when a track appears or changes state.
-        current = {cell.track_id for cell in cells}
-        for track_id in [t for t in self.labels if t not in current]:
-            label = self.labels.pop(track_id)
-            del self._label_state[track_id]
-            label.hide()
-            self._spare_labels.append(label)
+        boxes = {state: QtGui.QPainterPath() for state in self.boxes}
+        ids = {state: QtGui.QPainterPath() for state in self.ids}
         for cell in cells:
             row0, col0, row1, col1 = cell.bbox
-            paths[cell.state].addRect(QtCore.QRectF(col0, row0, col1 - col0, row1 - row0))
-            label = self.labels.get(cell.track_id)
-            if label is None:
-                label = self._spare_labels.pop() if self._spare_labels else self._new_label()
-                self.labels[cell.track_id] = label
-                label.show()
-            if self._label_state.get(cell.track_id) != cell.state:
-                label.setText(str(cell.track_id), color=STATE_COLOURS[cell.state])
-                self._label_state[cell.track_id] = cell.state
-            label.setPos(col0, row0)
-        for state, item in self.boxes.items():
-            item.setPath(paths[state])
-
-    def _new_label(self) -> pg.TextItem:
-        label = pg.TextItem(anchor=(0, 1))
-        font = QtGui.QFont()
-        font.setPointSize(LABEL_POINT_SIZE)
-        font.setBold(True)
-        label.setFont(font)
-        label.setZValue(11)
-        self.view.addItem(label)
-        return label
+            boxes[cell.state].addRect(QtCore.QRectF(col0, row0, col1 - col0, row1 - row0))
+            x = float(col0)
+            for digit in str(cell.track_id):
+                glyph, advance = self._digits[digit]
+                ids[cell.state].addPath(glyph.translated(x, row0 - 3))
+                x += advance
+        for state in self.boxes:
+            self.boxes[state].setPath(boxes[state])
+            self.ids[state].setPath(ids[state])

@@ -105,6 +105,7 @@ class RatesPlot(pg.GraphicsLayoutWidget):
         self.top = self.addPlot(row=0, col=0)
         self.bottom = self.addPlot(row=1, col=0)
         self.bottom.setXLink(self.top)
+        self.top.hideAxis("bottom")  # the two plots share the bottom plot's time axis
         self.top.addLegend(offset=(5, 5), labelTextSize="11pt")
         self.bottom.addLegend(offset=(5, 5), labelTextSize="11pt")
         self.top.setLabel("left", "per second")

@@ -30,9 +30,9 @@ from ctc_live.pipeline.snapshot import (
 log = logging.getLogger(__name__)
 
 THRESHOLD_STEPS = 100  # slider resolution: 0.01 in P(CTC)
-# Plots, tables and the levels histogram are statistics: redrawn at 2 Hz. Repainting their
-# axes at the frame rate would cost more than the image itself.
-SLOW_PANEL_INTERVAL_NS = 500_000_000
+# Plots, tables and the levels histogram are statistics over seconds: redrawn once a second.
+# Repainting their axes at the frame rate would cost more than the image itself.
+SLOW_PANEL_INTERVAL_NS = 1_000_000_000
 
 
 class SnapshotSource(Protocol):
@@ -60,7 +60,7 @@ class DashboardWindow(QtWidgets.QMainWindow):
         self._poll_error: str | None = None
         self.setWindowTitle(f"ctc-live — {config.name}")
 
-        self.image = LiveImage(max_value=2**config.camera.bit_depth - 1)
+        self.image = LiveImage()
         self.counts = CountsPanel()
         self.rates = RatesPlot(config.dashboard.history_s)
         self.latency = LatencyPanel(config.pipeline.deadline_ms)

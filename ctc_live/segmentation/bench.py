@@ -44,13 +44,21 @@ def bench_segmentation(options: BenchOptions) -> list[Figure]:
 
         data = bbbc030.load()
         subset = data[:: 4 if options.quick else 1]
-        figures += _side_by_side("bbbc030", [image for _, image, _ in subset], seg,
-                                 bbbc030.PIXEL_SIZE_UM)
+        figures += _side_by_side(
+            "bbbc030", [image for _, image, _ in subset], seg, bbbc030.PIXEL_SIZE_UM
+        )
         realtime = bbbc030.score(subset, seg, "realtime")
         reference = bbbc030.score(subset, seg, "reference")
         for name in ("f1", "precision", "recall"):
-            figures.append(Figure(f"bbbc030_{name}", getattr(realtime, name), "fraction",
-                                  getattr(reference, name), "reference"))
+            figures.append(
+                Figure(
+                    f"bbbc030_{name}",
+                    getattr(realtime, name),
+                    "fraction",
+                    getattr(reference, name),
+                    "reference",
+                )
+            )
         figures.append(Figure("bbbc030_images", len(subset), "count"))
         return figures
     finally:
@@ -80,6 +88,13 @@ def _timing(name: str, seconds: list[float], baseline: list[float] | None = None
     figures = []
     for stat, q in (("median", 50), ("p99", 99)):
         base = float(np.percentile(baseline, q)) * 1e3 if baseline else None
-        figures.append(Figure(f"{name}_ms_{stat}", float(np.percentile(seconds, q)) * 1e3, "ms",
-                              base, "reference" if baseline else None))
+        figures.append(
+            Figure(
+                f"{name}_ms_{stat}",
+                float(np.percentile(seconds, q)) * 1e3,
+                "ms",
+                base,
+                "reference" if baseline else None,
+            )
+        )
     return figures

@@ -52,5 +52,5 @@ _QUARTILES = np.array([0.25, 0.5, 0.75], np.float32)
 
 
 def disk(radius_px: float) -> np.ndarray:
-    r = max(int(round(radius_px)), 1)
+    r = max(round(radius_px), 1)
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))

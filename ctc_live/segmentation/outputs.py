@@ -53,7 +53,13 @@ def overlay(image: np.ndarray, labels: np.ndarray, cells: list[CellRecord]) -> n
         colour = AT_EDGE if cell.touches_edge else SINGLE if cell.single_cell else NOT_SINGLE
         cv2.drawContours(picture, contours, -1, colour, 1)
         cv2.putText(
-            picture, str(cell.label), (x + w, max(y, 8)), cv2.FONT_HERSHEY_PLAIN, 0.7, colour, 1,
+            picture,
+            str(cell.label),
+            (x + w, max(y, 8)),
+            cv2.FONT_HERSHEY_PLAIN,
+            0.7,
+            colour,
+            1,
             cv2.LINE_AA,
         )
     return picture

@@ -2,8 +2,8 @@
 
 Per 640×480 frame: morphological gradient, box smoothing, one histogram for the threshold,
 outer contours to fill holes, straight runs (walls) cut out of long blobs only, opening,
-erosion of the halo, contours again. Watershed runs
-only on the rare blob whose shape says it is several cells.
+erosion of the halo, contours again. The watershed split runs only on the rare blob whose
+shape says it is several cells.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from ctc_live.segmentation.regions import (
 )
 from ctc_live.segmentation.split import split_blob_fast
 
-
 _ZERO_BORDER = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
 
 
@@ -37,18 +36,14 @@ class RealtimeSegmenter:
         self.rules = ShapeRules.from_config(config, pixel_size_um)
         self.crops = CropNormaliser(config.crop_size)
         self._gradient_kernel = np.ones((3, 3), np.uint8)
-        self._smooth = (max(int(round(config.edge_smooth_um / pixel_size_um)) | 1, 1),) * 2
+        self._smooth = (max(round(config.edge_smooth_um / pixel_size_um) | 1, 1),) * 2
         self._open_kernel = disk(config.opening_um / pixel_size_um / 2)
-        halo_px = int(round(config.halo_um / pixel_size_um))
+        halo_px = round(config.halo_um / pixel_size_um)
         self._halo_kernel = disk(halo_px) if halo_px else None
-        # A straight run of edge pixels longer than two of the largest cells is a wall or a
-        # channel edge, whichever way the channel runs.
-        line = int(round(2 * config.max_diameter_um / pixel_size_um))
-        self._line_px = line
-        self._lines = (
-            cv2.getStructuringElement(cv2.MORPH_RECT, (line, 1)),
-            cv2.getStructuringElement(cv2.MORPH_RECT, (1, line)),
-        )
+        # A straight run of edge pixels longer than two of the largest cells, or than most
+        # of the frame, is a wall or a channel edge, whichever way the channel runs.
+        self._line_px = round(2 * config.max_diameter_um / pixel_size_um)
+        self._lines: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._labels: np.ndarray | None = None
 
     def segment(
@@ -66,8 +61,14 @@ class RealtimeSegmenter:
         if self._labels is None or self._labels.shape != mask.shape:
             self._labels = np.zeros(mask.shape, np.int32)
         records = records_from_shapes(
-            shapes, intensity, frame_number, self.rules, self.crops, self.pixel_size_um,
-            self._labels, crop_source,
+            shapes,
+            intensity,
+            frame_number,
+            self.rules,
+            self.crops,
+            self.pixel_size_um,
+            self._labels,
+            crop_source,
         )
         return self._labels, records
 
@@ -91,16 +92,27 @@ class RealtimeSegmenter:
         """Cut horizontal and vertical straight runs out of the blobs long enough to hold
         one, in place. Line openings cost milliseconds on a whole frame, so they run only
         inside such blobs (none on a background-subtracted flow frame)."""
+        horizontal, vertical = self._line_kernels(mask.shape)
+        shortest = min(horizontal.shape[1], vertical.shape[0])
         for contour in outer:
             x, y, w, h = cv2.boundingRect(contour)
-            if max(w, h) < self._line_px:
+            if max(w, h) < shortest:
                 continue
             roi = mask[y : y + h, x : x + w]
             # Zero border: by default erosion treats outside as set, and every column of a
             # blob as tall as its box would pass for a vertical wall.
-            walls = cv2.morphologyEx(roi, cv2.MORPH_OPEN, self._lines[0], **_ZERO_BORDER)
-            walls |= cv2.morphologyEx(roi, cv2.MORPH_OPEN, self._lines[1], **_ZERO_BORDER)
+            walls = cv2.morphologyEx(roi, cv2.MORPH_OPEN, horizontal, **_ZERO_BORDER)
+            walls |= cv2.morphologyEx(roi, cv2.MORPH_OPEN, vertical, **_ZERO_BORDER)
             roi &= ~cv2.dilate(walls, self._gradient_kernel)
+
+    def _line_kernels(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        if shape not in self._lines:
+            h, w = shape
+            self._lines[shape] = (
+                np.ones((1, wall_run_px(self._line_px, w)), np.uint8),
+                np.ones((wall_run_px(self._line_px, h), 1), np.uint8),
+            )
+        return self._lines[shape]
 
     def cell_shapes(self, mask: np.ndarray) -> list[Shape]:
         """The blobs of the mask, measured, with blobs shaped like several cells split.
@@ -120,8 +132,16 @@ class RealtimeSegmenter:
             ):
                 out.append(shape)
             else:
-                out.extend(measure_contours(split_contour(contour, shape.bbox, self.config.split_depth)))
+                out.extend(
+                    measure_contours(split_contour(contour, shape.bbox, self.config.split_depth))
+                )
         return out
+
+
+def wall_run_px(line_px: int, frame_px: int) -> int:
+    """Length of a straight run taken for a wall: ``line_px``, or 80 % of the frame's side
+    on a frame too small to hold that (a narrow channel imaged at high magnification)."""
+    return max(min(line_px, int(0.8 * frame_px)), 3)
 
 
 def split_contour(contour: np.ndarray, bbox: tuple[int, int, int, int], depth: float) -> list:
@@ -133,7 +153,9 @@ def split_contour(contour: np.ndarray, bbox: tuple[int, int, int, int], depth: f
     pieces = []
     for part in np.unique(parts)[1:]:
         found, _ = cv2.findContours(
-            (parts == part).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+            (parts == part).astype(np.uint8),
+            cv2.RETR_EXTERNAL,
+            cv2.CHAIN_APPROX_SIMPLE,
             offset=(x, y),
         )
         pieces.extend(found)

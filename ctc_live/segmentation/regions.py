@@ -42,8 +42,20 @@ class CellRecord:
 
 
 CSV_FIELDS = (
-    "frame_number", "label", "x_px", "y_px", "x_um", "y_um", "bbox", "area_px", "diameter_um",
-    "solidity", "eccentricity", "mean_intensity", "touches_edge", "single_cell",
+    "frame_number",
+    "label",
+    "x_px",
+    "y_px",
+    "x_um",
+    "y_um",
+    "bbox",
+    "area_px",
+    "diameter_um",
+    "solidity",
+    "eccentricity",
+    "mean_intensity",
+    "touches_edge",
+    "single_cell",
 )
 
 
@@ -113,15 +125,21 @@ class ShapeRules:
             max_eccentricity=cfg.max_eccentricity,
         )
 
-    def is_cell(self, shape: Shape, area_px: int, touches_edge: bool) -> bool:
+    def is_cell(self, shape: Shape, area_px: int, frame_shape: tuple[int, int]) -> bool:
         """Could this blob be a cell (or a few touching ones)? Rejects debris, wall edges,
-        streaks and large static structures. A cell cut by the frame edge may look thin, so
-        the aspect rule spares blobs at the edge; the length rule does not."""
+        streaks, large static structures and anything spanning the frame. A cell cut by the
+        frame edge may look thin, so the aspect rule spares blobs at the edge; the length
+        rule does not."""
         if not self.min_area_px <= area_px <= self.max_blob_area_px:
+            return False
+        x, y, w, h = shape.bbox
+        if (x == 0 and x + w >= frame_shape[1]) or (y == 0 and y + h >= frame_shape[0]):
             return False
         if shape.major_px > self.max_length_px:
             return False
-        return touches_edge or shape.major_px <= self.max_aspect * max(shape.minor_px, 1.0)
+        return touches_edge(shape.bbox, frame_shape) or (
+            shape.major_px <= self.max_aspect * max(shape.minor_px, 1.0)
+        )
 
     def is_single(self, shape: Shape, area_px: int) -> bool:
         return (
@@ -143,9 +161,7 @@ class CropNormaliser:
     def __init__(self, size: int):
         self.size = size
         index = np.arange(size * size).reshape(size, size)
-        self._border = np.concatenate(
-            [index[0], index[-1], index[1:-1, 0], index[1:-1, -1]]
-        )
+        self._border = np.concatenate([index[0], index[-1], index[1:-1, 0], index[1:-1, -1]])
         yy, xx = np.divmod(self._border, size)
         design = np.stack([np.ones_like(xx), xx, yy], axis=1).astype(np.float64)
         self._fit = np.linalg.pinv(design).astype(np.float32)  # least-squares plane
@@ -166,14 +182,19 @@ class CropNormaliser:
     def cut(self, image: np.ndarray, cx: float, cy: float) -> np.ndarray:
         """float32 crop centred on (cx, cy); parts outside the image repeat its edge pixels."""
         s = self.size
-        x0 = int(round(cx)) - s // 2
-        y0 = int(round(cy)) - s // 2
+        x0 = round(cx) - s // 2
+        y0 = round(cy) - s // 2
         h, w = image.shape
         if 0 <= x0 and 0 <= y0 and x0 + s <= w and y0 + s <= h:
             return image[y0 : y0 + s, x0 : x0 + s].astype(np.float32)
         ys = np.clip(np.arange(y0, y0 + s), 0, h - 1)
         xs = np.clip(np.arange(x0, x0 + s), 0, w - 1)
         return image[np.ix_(ys, xs)].astype(np.float32)
+
+
+def touches_edge(bbox: tuple[int, int, int, int], frame_shape: tuple[int, int]) -> bool:
+    x, y, w, h = bbox
+    return x == 0 or y == 0 or x + w >= frame_shape[1] or y + h >= frame_shape[0]
 
 
 def measure_contours(contours: list[np.ndarray]) -> list[Shape]:
@@ -195,7 +216,6 @@ def records_from_shapes(
     ``crop_source`` (default: ``image``)."""
     crop_source = image if crop_source is None else crop_source
     labels[:] = 0
-    h, w = image.shape
     records: list[CellRecord] = []
     for shape in shapes:
         x, y, bw, bh = shape.bbox
@@ -203,8 +223,7 @@ def records_from_shapes(
         cv2.drawContours(labels, [shape.contour], -1, label_id, cv2.FILLED)
         inside = labels[y : y + bh, x : x + bw] == label_id
         area = int(np.count_nonzero(inside))
-        touches_edge = x == 0 or y == 0 or x + bw >= w or y + bh >= h
-        if not rules.is_cell(shape, area, touches_edge):
+        if not rules.is_cell(shape, area, image.shape):
             labels[y : y + bh, x : x + bw][inside] = 0
             continue
         records.append(
@@ -221,7 +240,7 @@ def records_from_shapes(
                 solidity=shape.solidity,
                 eccentricity=shape.eccentricity,
                 mean_intensity=cv2.mean(image[y : y + bh, x : x + bw], inside.view(np.uint8))[0],
-                touches_edge=touches_edge,
+                touches_edge=touches_edge(shape.bbox, image.shape),
                 single_cell=rules.is_single(shape, area),
                 crop=crops(crop_source, shape.cx, shape.cy),
             )

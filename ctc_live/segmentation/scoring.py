@@ -51,7 +51,7 @@ def match_score(
     union = truth_area[pairs[0]] + pred_area[pairs[1]] - overlap
     good = (overlap / union >= iou) & np.isin(pairs[0], counted)
     return MatchScore(
-        true_positives=int(len(np.unique(pairs[0][good]))),
+        true_positives=len(np.unique(pairs[0][good])),
         predicted=int(np.count_nonzero(pred_area[1:])),
         truth=len(counted),
     )

@@ -38,8 +38,10 @@ def run_simulated_flow(config: Config, n_frames: int) -> FlowRun:
             continue
         run.seconds_per_frame.append(elapsed)
         run.cpu_seconds_per_frame.append(elapsed_cpu)
-        visible = [(c.x_um(t_s) / px, c.y_um / px, c.diameter_um / px, c.kind)
-                   for c in scene.visible_cells(t_s)]
+        visible = [
+            (c.x_um(t_s) / px, c.y_um / px, c.diameter_um / px, c.kind)
+            for c in scene.visible_cells(t_s)
+        ]
         truth = [v[:3] for v in visible if v[3] != "debris"]
         debris = [v[:3] for v in visible if v[3] == "debris"]
         run.score = run.score + score_flow_frame(cells, truth, debris, image.shape[1])

@@ -32,7 +32,7 @@ def bench_sim(options: BenchOptions) -> list[Figure]:
     rng = np.random.default_rng(0)
     cells = scene.cells[:200]
     for c in cells:
-        brightfield_sprite(c.morphology, config.simulation.focus_offset_um, 1.0, rng)
+        brightfield_sprite(scene.morphology(c), config.simulation.focus_offset_um, 1.0, rng)
     sprite_ms = (time.perf_counter() - start) / len(cells) * 1000
     return [
         Figure(

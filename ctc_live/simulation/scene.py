@@ -44,7 +44,6 @@ class Cell:
     velocity_um_s: float
     t_enter_s: float  # when its centre is at x_start_um, just outside the left edge
     x_start_um: float
-    morphology: Morphology | None  # None for cells read back from a saved ground truth
 
     def x_um(self, t_s: float) -> float:
         return self.x_start_um + self.velocity_um_s * (t_s - self.t_enter_s)
@@ -188,7 +187,6 @@ class FlowScene:
                 velocity_um_s=float(v),
                 t_enter_s=float(t),
                 x_start_um=-(d / 2 + ENTRY_MARGIN_UM),
-                morphology=draw_morphology(kind, d / self.pixel_size_um, rng),
             )
             self._cells.append(cell)
             self._t_enter.append(cell.t_enter_s)
@@ -247,17 +245,23 @@ class FlowScene:
     def _blur_px(self, cell: Cell) -> float:
         return cell.velocity_um_s * self.exposure_s / self.pixel_size_um
 
+    def morphology(self, cell: Cell) -> Morphology:
+        """The cell's drawn appearance. Drawn from the cell's own seed when needed, so that
+        the ground truth of a long run stays small."""
+        rng = np.random.default_rng([self._rng_seed, 4, cell.id])
+        return draw_morphology(cell.kind, cell.diameter_um / self.pixel_size_um, rng)
+
     def cell_sprite(self, cell: Cell) -> np.ndarray:
         """The cell's change of transmission, motion-blurred; its centre at exposure start
         is pixel (rows // 2, rows // 2)."""
         rng = np.random.default_rng([self._rng_seed, 2, cell.id])
         return brightfield_sprite(
-            cell.morphology, self._sim.focus_offset_um, self._blur_px(cell), rng
+            self.morphology(cell), self._sim.focus_offset_um, self._blur_px(cell), rng
         )
 
     def cell_fluorescence_sprite(self, cell: Cell) -> np.ndarray:
         """The cell's marker counts, placed like :meth:`cell_sprite`."""
-        return fluorescence_sprite(cell.morphology, self._blur_px(cell))
+        return fluorescence_sprite(self.morphology(cell), self._blur_px(cell))
 
     def _paste(self, image: np.ndarray, t_s: float, cache: dict, make) -> None:
         """Add every cell's sprite at its position; keep sprites only of cells still near."""

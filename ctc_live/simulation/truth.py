@@ -46,7 +46,7 @@ def write_truth(scene: FlowScene, path: str | Path, until_s: float) -> int:
 
 
 def read_truth(path: str | Path) -> list[Cell]:
-    """The saved cells (without their drawn morphology)."""
+    """The saved cells."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -55,6 +55,6 @@ def read_truth(path: str | Path) -> list[Cell]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CtcLiveError(f"{path}: not a ctc-live ground truth file (expected {FORMAT!r})")
     try:
-        return [Cell(**{f: c[f] for f in FIELDS}, morphology=None) for c in doc["cells"]]
+        return [Cell(**{f: c[f] for f in FIELDS}) for c in doc["cells"]]
     except (KeyError, TypeError) as exc:
         raise CtcLiveError(f"{path}: malformed cell entry: missing {exc}") from None

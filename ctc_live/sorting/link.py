@@ -37,7 +37,7 @@ OUTCOMES = ("done", "missed", "cancelled", "error", "lost")
 # The controller's watchdog needs a line at least every 0.5 s; more exchanges also tighten
 # the clock model's bounds.
 PING_INTERVAL_S = 0.1
-SYNC_BURST = 8
+SYNC_BURST = 16  # exchanges right after (re)connecting, before pulses are (re)sent
 OPEN_TIMEOUT_S = 3.0  # a board that resets on open (Arduino bootloader) answers within this
 
 
@@ -293,7 +293,7 @@ class SorterLink:
                 reply = self._request("INFO", ("INFO",), timeout_s=0.3)
                 break
             except LinkDown:
-                if time.monotonic() > deadline or not self._connected:
+                if time.monotonic() > deadline or not self._connected or self._closed:
                     raise
         fields = reply.fields or {}
         if fields.get("proto") != str(p.PROTOCOL_VERSION):
@@ -571,6 +571,8 @@ class SorterLink:
             time.sleep(0.01)
 
     def _reconnect(self) -> None:
+        if self._closed:
+            return
         try:
             self._connect()
         except (serial.SerialException, OSError) as exc:

@@ -158,17 +158,23 @@ class DatasetWriter:
 
 
 def contact_sheet(crops: list[np.ndarray], path: Path, title: str, columns: int = 12,
-                  max_crops: int = 144) -> None:
-    """A grid of the first crops, each stretched to its own range, for a person to review."""
+                  max_crops: int = 144, tile: int = 40) -> None:
+    """A grid of the first crops, each resized to ``tile`` px and stretched to its own range
+    (1st-99th percentile), for a person to review."""
     shown = crops[:max_crops]
     rows = max(1, -(-len(shown) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9 + 0.5),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, crop in zip(axes.flat, shown):
-        ax.imshow(crop, cmap="gray")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    gap = 2
+    sheet = np.ones((rows * (tile + gap), columns * (tile + gap)), np.float32)
+    for i, crop in enumerate(shown):
+        c = cv2.resize(np.asarray(crop, np.float32), (tile, tile), interpolation=cv2.INTER_AREA)
+        lo, hi = np.percentile(c, (1, 99))
+        r, k = divmod(i, columns)
+        y, x = r * (tile + gap), k * (tile + gap)
+        sheet[y:y + tile, x:x + tile] = np.clip((c - lo) / (hi - lo if hi > lo else 1), 0, 1)
+    fig = plt.figure(figsize=(sheet.shape[1] / 50, sheet.shape[0] / 50 + 0.4), dpi=100)
+    ax = fig.add_axes((0, 0, 1, sheet.shape[0] / (sheet.shape[0] + 20)))
+    ax.imshow(sheet, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    fig.suptitle(title, y=0.995, fontsize=10)
+    fig.savefig(path)
     plt.close(fig)

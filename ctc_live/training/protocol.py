@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -139,9 +141,27 @@ def balanced_indices(labels: np.ndarray, per_class: int, rng: np.random.Generato
     return rng.permutation(np.concatenate(picks))
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Use ``n`` intra-op threads (0: leave as is) and restore the previous count after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit(x: torch.Tensor, y: np.ndarray, settings: TrainSettings, seed: int,
         label: str) -> FitResult:
     """Train one network on (x, y) with an internal 80/20 split for early stopping."""
+    with torch_threads(settings.threads):
+        return _fit(x, y, settings, seed, label)
+
+
+def _fit(x: torch.Tensor, y: np.ndarray, settings: TrainSettings, seed: int,
+         label: str) -> FitResult:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)

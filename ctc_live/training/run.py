@@ -15,7 +15,13 @@ from ctc_live.classification.networks import INPUT_SIZE
 from ctc_live.logs import log_to_file
 from ctc_live.training.dataset import read_dataset
 from ctc_live.training.metrics import classification_metrics, mean_metrics
-from ctc_live.training.protocol import TrainSettings, cross_validate, fit, normalisation
+from ctc_live.training.protocol import (
+    TrainSettings,
+    cross_validate,
+    fit,
+    normalisation,
+    torch_threads,
+)
 from ctc_live.training.report import (
     plot_learning_curves,
     plot_roc,
@@ -35,13 +41,10 @@ def train(data_dir: Path, out_dir: Path, settings: TrainSettings,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = log_to_file(out_dir / "train.log")
-    threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     try:
-        return _train(Path(data_dir), out_dir, settings, model_name)
+        with torch_threads(settings.threads):
+            return _train(Path(data_dir), out_dir, settings, model_name)
     finally:
-        torch.set_num_threads(threads)
         logging.getLogger().removeHandler(handler)
         handler.close()
 
