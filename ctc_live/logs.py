@@ -10,6 +10,8 @@ FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level.upper(), format=FORMAT, force=True)
+    # pymmcore-plus logs every device call at DEBUG: only its warnings concern a user.
+    logging.getLogger("pymmcore-plus").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def log_to_file(path: Path) -> logging.Handler:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,6 +14,7 @@ from qtpy import QtCore
 
 from ctc_live.config import Config
 from ctc_live.dashboard import DashboardWindow, run_dashboard, save_screenshot
+from ctc_live.dashboard import app as dashboard_app
 from ctc_live.dashboard.app import check_qt_binding
 from ctc_live.dashboard.history import RateHistory
 from ctc_live.dashboard.image import STATE_COLOURS, auto_levels
@@ -102,6 +108,34 @@ def test_latency_and_sorter_panels(window, source):
     assert "12.5 µs" in window.sorter.timing.text()
 
 
+def test_rates_scroll_once_a_second(window, source):
+    snap = source.snapshot()
+    for i in range(6):
+        window.source = StampedSource(snap, taken_ns=snap.taken_ns + i * 500_000_000,
+                                      elapsed_s=i * 0.5)
+        window.refresh()
+    t, _ = window.rates.curves["cells_per_s"].getData()
+    # Sampled every refresh; drawn once a second (at 0, 1 and 2 s): the last sample not yet.
+    assert list(t) == [0.0, 0.5, 1.0, 1.5, 2.0]
+    _, fps = window.rates.curves["fps"].getData()
+    assert np.all(fps == snap.rates["fps"])
+    low, high = window.rates.top.viewRange()[1]
+    assert low == 0 and high >= snap.rates["fps"]
+
+
+class StampedSource:
+    """One snapshot, re-stamped: as a pipeline seen at another time."""
+
+    def __init__(self, snap, **changes):
+        self.snap = dataclasses.replace(snap, **changes)
+
+    def snapshot(self):
+        return self.snap
+
+    def send(self, command):
+        pass
+
+
 def test_threshold_controls_send_set_threshold(window, source):
     window.refresh()
     window.threshold_spin.setValue(0.7)
@@ -177,6 +211,15 @@ def test_a_failing_source_is_reported_not_raised(window, source):
     assert "pipeline gone" in window.statusBar().currentMessage()
 
 
+def test_a_failing_command_is_reported_not_raised(window, source):
+    def refuse(command):
+        raise OSError("recorder disk full")
+
+    source.send = refuse
+    window.record_button.click()
+    assert "SetRecording failed: recorder disk full" in window.statusBar().currentMessage()
+
+
 def test_screenshot_is_written_and_shows_the_ctc(window, tmp_path):
     window.refresh()
     path = save_screenshot(window, tmp_path / "shots" / "dashboard.png")
@@ -193,6 +236,31 @@ def test_run_dashboard_for_a_duration(source, config, tmp_path):
     assert run_dashboard(source, config, screenshot=shot, duration_s=0.3) == 0
     assert Stop() in source.sent and not source.running
     assert shot.stat().st_size > 10_000
+
+
+def test_run_dashboard_gives_up_on_a_pipeline_that_does_not_stop(source, config, monkeypatch):
+    monkeypatch.setattr(dashboard_app, "STOP_GRACE_S", 0.3)
+    monkeypatch.setattr(source, "send", source.sent.append)  # hears Stop, never stops
+    assert run_dashboard(source, config, duration_s=0.2) == 1
+    assert Stop() in source.sent
+
+
+def test_screenshot_without_a_display(tmp_path):
+    """No DISPLAY and no QT_QPA_PLATFORM (a headless machine): rendered offscreen."""
+    script = (
+        "import sys\n"
+        "from ctc_live.config import Config\n"
+        "from ctc_live.dashboard import run_dashboard\n"
+        "from ctc_live.dashboard.scene_source import SceneSource\n"
+        "config = Config()\n"
+        "source = SceneSource(config, n_frames=1)\n"
+        "sys.exit(run_dashboard(source, config, screenshot=sys.argv[1], duration_s=0.2))\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY")}
+    shot = tmp_path / "headless.png"
+    subprocess.run([sys.executable, "-c", script, str(shot)], env=env, check=True, timeout=120)
+    assert Image.open(shot).size == (1600, 1000)
 
 
 def test_run_dashboard_returns_when_the_pipeline_stops(qapp, source, config):

@@ -15,7 +15,7 @@ from ctc_live.storage import read_run
 
 def live_config():
     # Rich in CTCs so that a few seconds show decisions of every kind and sorter pulses.
-    return load_config(None, overrides={"simulation.ctc_fraction": 0.3, "classifier.model": "/tmp/synrun/model.safetensors"})
+    return load_config(None, overrides={"simulation.ctc_fraction": 0.3})
 
 
 def start_run(config, run_dir):

@@ -20,9 +20,9 @@ from ctc_live.segmentation.scoring import match_score
 from ctc_live.segmentation.simflow import run_simulated_flow
 
 PX = 0.5  # µm per pixel of the synthetic images (the rig's)
-# Measured F1 of the realtime method on all 40 BBBC030 images with the default config: 0.9856
-# (realtime) and 0.9176 on 10 images for the reference; cross-validated (parameters picked on
-# one half, checked on the other) 0.977 and 0.990.
+# Measured F1 on all 40 BBBC030 images with the default config: 0.9856 realtime, 0.926
+# reference. Two-fold cross-validation (settings picked on one half, checked on the other):
+# 0.977 and 0.982 held out.
 BBBC030_F1_FLOOR = 0.975
 
 needs_bbbc030 = pytest.mark.skipif(

@@ -170,9 +170,8 @@ class ReplayCamera(_StreamingCamera):
         start = self.next_index
         t0 = time.monotonic_ns()
         first_ns = rec.info[start].exposure_ns if start < len(rec) else 0
-        emitted = 0
         for i in range(start, len(rec)):
-            if n is not None and emitted >= n:
+            if n is not None and i - start >= n:
                 return
             info = rec.info[i]
             if self.speed == "max":
@@ -190,6 +189,5 @@ class ReplayCamera(_StreamingCamera):
                 KEY_EXPOSURE_NS: str(start_ns),
                 KEY_SCENE_TIME: "" if info.scene_time_s is None else repr(info.scene_time_s),
             }
-            emitted += 1
         if rec.damage:
             raise RecordingError(rec.damage)

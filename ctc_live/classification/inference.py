@@ -6,7 +6,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,18 @@ log = logging.getLogger(__name__)
 
 # Largest number of crops sent through the network at once by predict(); bounds memory.
 CHUNK = 512
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Use ``n`` intra-op threads (0: leave as is) and restore the previous count after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -99,12 +112,14 @@ class BatchClassifier:
     A batch closes when it holds ``max_batch`` crops or when its oldest crop has waited
     ``max_wait_ms``, so latency stays bounded at low rates and throughput high at high ones.
     ``submit`` never blocks: a full input queue drops the crop and counts it; results go to
-    ``results`` (bounded), and a full results queue also counts its drops.
+    ``results`` (bounded), and a full results queue also counts its drops. ``threads`` sets
+    torch's CPU threads when the stage starts (0 leaves them).
     """
 
     def __init__(self, classifier: Classifier, max_batch: int = 64, max_wait_ms: float = 2.0,
-                 queue_size: int = 1024):
+                 queue_size: int = 1024, threads: int = 1):
         self.classifier = classifier
+        self.threads = threads
         self.max_batch = max_batch
         self.max_wait_ns = int(max_wait_ms * 1e6)
         self.inbox: queue.Queue = queue.Queue(queue_size)
@@ -130,6 +145,8 @@ class BatchClassifier:
             return False
 
     def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)  # process-wide: torch runs only here live
         while not self._stop.is_set():
             try:
                 first = self.inbox.get(timeout=0.05)

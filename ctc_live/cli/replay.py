@@ -29,25 +29,24 @@ def add_parser(sub) -> None:
 
 
 def replay_command(args: argparse.Namespace) -> int:
-    from ctc_live.acquisition import Recording
+    from ctc_live.acquisition.camera import replay_config
     from ctc_live.config import apply_overrides, validate_config
 
     if not args.recording.is_file():
         raise CtcLiveError(f"{args.recording}: no such recording")
     if args.speed is not None and args.speed <= 0:
         raise CtcLiveError(f"--speed {args.speed}: expected a positive factor")
-    overrides = parse_overrides(args.set)
-    overrides["camera.core"] = "replay"
-    overrides["camera.recording"] = str(args.recording.resolve())
-    overrides["camera.replay_speed"] = "max" if args.max else (args.speed or 1.0)
-    overrides["sorter.enabled"] = False
+    speed = "max" if args.max else (args.speed or 1.0)
+    overrides = parse_overrides(args.set) | {
+        "camera.core": "replay",
+        "camera.recording": str(args.recording.resolve()),
+        "camera.replay_speed": speed,
+        "sorter.enabled": False,
+    }
     if args.config is not None:
         config = load_config(args.config, overrides=overrides)
     else:
-        import yaml
-
-        with Recording(args.recording) as recording:
-            data = yaml.safe_load(recording.config_yaml) or {}
+        data = replay_config(args.recording, speed).model_dump(mode="json")
         apply_overrides(data, overrides)
-        config = validate_config(data, source=f"{args.recording} (stored config)")
+        config = validate_config(data, source=f"{args.recording} (recorded config)")
     return run_pipeline(config, args)

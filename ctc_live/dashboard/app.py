@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,14 @@ log = logging.getLogger(__name__)
 
 # After a timed run sends Stop, how long the pipeline may take to drain before we give up.
 STOP_GRACE_S = 30.0
+
+
+def _no_display() -> bool:
+    return (
+        sys.platform.startswith("linux")
+        and not os.environ.get("QT_QPA_PLATFORM")
+        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    )
 
 
 def check_qt_binding() -> None:
@@ -67,7 +76,13 @@ def run_dashboard(
     Returns 0, or 1 when a timed run did not stop within STOP_GRACE_S.
     """
     check_qt_binding()
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["ctc-live"])
+    app = QtWidgets.QApplication.instance()
+    if app is None:
+        if _no_display():
+            # Nothing to show the window on: render offscreen, for the screenshot.
+            log.info("no display: rendering the dashboard offscreen")
+            os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        app = QtWidgets.QApplication(["ctc-live"])
     window = DashboardWindow(source, config)
     loop = QtCore.QEventLoop()
     status = 0

@@ -8,11 +8,12 @@ from qtpy import QtCore, QtGui, QtWidgets
 
 from ctc_live.pipeline.snapshot import CellView, Snapshot
 
+# Saturated or dark: a bright-field background is light grey, where light colours vanish.
 STATE_COLOURS = {
-    "ctc": (235, 40, 40),
-    "wbc": (40, 200, 70),
-    "uncertain": (255, 150, 0),
-    "pending": (170, 170, 170),
+    "ctc": (235, 30, 30),
+    "wbc": (20, 170, 50),
+    "uncertain": (255, 140, 0),
+    "pending": (60, 60, 60),
 }
 STATE_LABELS = {"ctc": "CTC", "wbc": "WBC", "uncertain": "uncertain", "pending": "pending"}
 # CTCs are what the operator looks for: thicker outline so they stand out at a glance.
@@ -26,7 +27,8 @@ AUTO_LEVEL_PERCENTILES = (0.5, 99.5)
 
 def legend_html() -> str:
     return " ".join(
-        f'<span style="color: rgb{STATE_COLOURS[s]}; font-weight: bold">■ {STATE_LABELS[s]}</span>'
+        f'<span style="color: rgb{STATE_COLOURS[s]}; font-weight: bold">'
+        f"■ {STATE_LABELS[s]}</span>"
         for s in STATE_COLOURS
     )
 
@@ -93,6 +95,8 @@ class LiveImage(QtWidgets.QWidget):
             box = QtWidgets.QGraphicsPathItem()
             pen = pg.mkPen(colour, width=STATE_PEN_WIDTH[state])
             pen.setCosmetic(True)
+            if state == "pending":  # not decided yet: a tentative look
+                pen.setStyle(QtCore.Qt.PenStyle.DashLine)
             box.setPen(pen)
             box.setZValue(10)
             ids = QtWidgets.QGraphicsPathItem()

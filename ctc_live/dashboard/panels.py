@@ -18,7 +18,7 @@ LATENCY_STAGES = ("segmentation", "classification", "decision", "end_to_end")
 
 
 def _css(rgb: tuple[int, int, int]) -> str:
-    return "#%02x%02x%02x" % rgb
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def _group(title: str) -> QtWidgets.QGroupBox:
@@ -122,9 +122,8 @@ class RatesPlot(pg.GraphicsLayoutWidget):
             ),
         }
         for plot in (self.top, self.bottom):
-            plot.setYRange(0, 1)
-            plot.enableAutoRange(axis="y")
-            plot.setAutoVisible(y=True)
+            plot.disableAutoRange()
+            plot.setMouseEnabled(x=False, y=False)
 
     def add(self, snap: Snapshot) -> None:
         self.history.add(snap.elapsed_s, snap.rates)
@@ -136,6 +135,10 @@ class RatesPlot(pg.GraphicsLayoutWidget):
         for key, curve in self.curves.items():
             curve.setData(t, rates[key])
         self.top.setXRange(max(0.0, t[-1] - self.history.history_s), max(t[-1], 1.0), padding=0)
+        # From zero, so that a drop in rate looks like one.
+        for plot, keys in ((self.top, ("fps", "cells_per_s")), (self.bottom, ("ctc_per_s",))):
+            peak = max(float(np.nanmax(rates[k], initial=0.0)) for k in keys)
+            plot.setYRange(0, max(peak, 1.0) * 1.1, padding=0)
 
 
 class LatencyPanel(QtWidgets.QGroupBox):
@@ -227,8 +230,10 @@ class LatencyPanel(QtWidgets.QGroupBox):
         if not len(nonzero):
             self.histogram.setData([], [])
             return
+        # From just below the fastest cell to past the slowest, and always past the deadline.
+        deadline_bin = int(np.searchsorted(LATENCY_BINS_MS, self.deadline_ms))
         lo = max(0, nonzero[0] - 3)
-        hi = min(len(inner), max(nonzero[-1] + 4, np.searchsorted(LATENCY_BINS_MS, self.deadline_ms) + 2))
+        hi = min(len(inner), max(nonzero[-1] + 4, deadline_bin + 2))
         self.histogram.setData(LATENCY_BINS_MS[lo : hi + 1], inner[lo:hi])
 
 

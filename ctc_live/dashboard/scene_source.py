@@ -39,9 +39,12 @@ SYNTHETIC_LATENCY_MS = {"segmentation": 2.0, "classification": 4.0, "decision": 
                         "end_to_end": 8.0}
 
 
-def _latency(median_ms: float, n: int, deadline_ms: float, rng: np.random.Generator) -> LatencyView:
+def _latency(
+    median_ms: float, n: int, deadline_ms: float, rng: np.random.Generator
+) -> LatencyView:
     samples = median_ms * rng.lognormal(0.0, 0.5, n)
-    counts = np.bincount(np.searchsorted(LATENCY_BINS_MS, samples), minlength=len(LATENCY_BINS_MS) + 1)
+    bins = np.searchsorted(LATENCY_BINS_MS, samples)
+    counts = np.bincount(bins, minlength=len(LATENCY_BINS_MS) + 1)
     p50, p99 = np.percentile(samples, [50, 99]) if n else (np.nan, np.nan)
     return LatencyView(float(p50), float(p99), n, counts, int((samples > deadline_ms).sum()))
 
@@ -145,9 +148,7 @@ class SceneSource:
         elapsed = t - self.times[0]
         deadline = self.config.pipeline.deadline_ms
         now = time.monotonic_ns()
-        rates_window = self.counts(t) if elapsed < 1 else {
-            k: v - self.counts(t - 1.0)[k] for k, v in counts.items()
-        }
+        last_second = self.counts(max(0.0, t - 1.0))  # the scene has flowed since t = 0
         return Snapshot(
             taken_ns=now,
             running=self.running,
@@ -166,8 +167,8 @@ class SceneSource:
             dropped={"queue_full": 0, "camera_gap": 0},
             rates={
                 "fps": 1 / self.interval_s,
-                "cells_per_s": float(rates_window["cells"]) / max(min(elapsed, 1.0), self.interval_s),
-                "ctc_per_s": float(rates_window["ctc"]) / max(min(elapsed, 1.0), self.interval_s),
+                "cells_per_s": float(counts["cells"] - last_second["cells"]),
+                "ctc_per_s": float(counts["ctc"] - last_second["ctc"]),
             },
             latency={
                 stage: _latency(median, counts["cells"], deadline, self._rng)

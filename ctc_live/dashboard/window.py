@@ -143,8 +143,14 @@ class DashboardWindow(QtWidgets.QMainWindow):
     # --- commands -----------------------------------------------------------------------
 
     def send(self, command: Command) -> None:
+        """Send a command; a failure is shown on the status bar and logged, never raised into
+        the event loop."""
         log.info("dashboard command: %s", command)
-        self.source.send(command)
+        try:
+            self.source.send(command)
+        except Exception as exc:
+            log.exception("dashboard command %s failed", command)
+            self.statusBar().showMessage(f"{type(command).__name__} failed: {exc}")
 
     def send_stop(self) -> None:
         self.send(Stop())
@@ -166,8 +172,7 @@ class DashboardWindow(QtWidgets.QMainWindow):
     def _threshold_changed(self, value: float) -> None:
         with QtCore.QSignalBlocker(self.threshold_slider):
             self.threshold_slider.setValue(round(value * THRESHOLD_STEPS))
-        if self.last_snapshot is None or abs(value - self.last_snapshot.threshold) > 1e-9:
-            self.send(SetThreshold(threshold=round(value, 4)))
+        self.send(SetThreshold(threshold=round(value, 4)))
 
     def save_frame(self) -> Path:
         """Ask the pipeline to save its current frame as a PNG in the run folder."""
@@ -185,7 +190,7 @@ class DashboardWindow(QtWidgets.QMainWindow):
         """Poll the source once and redraw; never raises into the event loop."""
         try:
             snap = self.source.snapshot()
-        except Exception as exc:  # noqa: BLE001 — a broken source must not kill the window
+        except Exception as exc:  # a broken source must not kill the window
             message = f"cannot read the pipeline's state: {exc}"
             if message != self._poll_error:
                 log.exception("dashboard poll failed")
@@ -231,7 +236,7 @@ class DashboardWindow(QtWidgets.QMainWindow):
 
     # --- closing ------------------------------------------------------------------------
 
-    def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 — Qt's name
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:
         self.timer.stop()
         # Unconditionally: Stop is idempotent, and it is what makes the pipeline write its summary.
         self.send_stop()

@@ -209,7 +209,12 @@ class Decider:
         if lead_ms < sorter_cfg.min_lead_ms:
             self._record_late(ev, f"pulse due in {lead_ms:.1f} ms")
             return
-        pulse_id = self.sorter.fire(target_ns, width_us)
+        try:
+            pulse_id = self.sorter.fire(target_ns, width_us)
+        except ValueError as exc:  # wider than the controller allows: a config error
+            self.counts.pulses["error"] += 1
+            self.store.event("error", "sorter", f"track {ev.track_id}: pulse refused: {exc}")
+            return
         sent_ns = time.monotonic_ns()
         ev.latency_ms = (sent_ns - ev.last_exposure_ns) / 1e6
         self.latency["end_to_end"].add(sent_ns - ev.last_exposure_ns)

@@ -28,8 +28,7 @@ def edge_threshold(edges: np.ndarray, otsu_scale: float, min_snr: float) -> floa
     """Threshold on a uint8 edge image: a fraction of Otsu's, but never inside the noise.
 
     Otsu alone splits noise in two on a frame with no cells; the floor (median + k robust
-    sigmas of the edge image, mostly background; sigma from the interquartile range) keeps
-    such a frame empty.
+    sigmas of the edge image, mostly background) keeps such a frame empty.
     """
     # Every second row is plenty for a histogram and halves its cost.
     hist = cv2.calcHist([edges[::2]], [0], None, [256], [0, 256]).ravel()
@@ -42,13 +41,15 @@ def edge_threshold(edges: np.ndarray, otsu_scale: float, min_snr: float) -> floa
     diff = mu_cum[:-1] * w1 - (mu_cum[-1] - mu_cum[:-1]) * w0
     between = diff * diff / np.maximum(w0 * w1, 1.0)
     otsu = float(np.argmax(between))
-    q1, median, q3 = np.searchsorted(cdf, total * _QUARTILES)
-    floor = median + min_snr * max((q3 - q1) / 1.349, 0.5)
+    # Sigma from the lower half only: cells and walls fill the upper tail, and on a small
+    # frame of a narrow channel they can fill more than a quarter of it.
+    q1, median = np.searchsorted(cdf, total * _QUARTILES)
+    floor = median + min_snr * max((median - q1) / 0.674, 0.5)
     return max(otsu_scale * otsu, floor)
 
 
 _LEVELS = np.arange(256, dtype=np.float32)
-_QUARTILES = np.array([0.25, 0.5, 0.75], np.float32)
+_QUARTILES = np.array([0.25, 0.5], np.float32)
 
 
 def disk(radius_px: float) -> np.ndarray:

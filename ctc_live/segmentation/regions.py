@@ -130,7 +130,15 @@ class ShapeRules:
         streaks, large static structures and anything spanning the frame. A cell cut by the
         frame edge may look thin, so the aspect rule spares blobs at the edge; the length
         rule does not."""
-        if not self.min_area_px <= area_px <= self.max_blob_area_px:
+        return self.min_area_px <= area_px <= self.max_blob_area_px and self.may_be_cell(
+            shape, frame_shape
+        )
+
+    def may_be_cell(self, shape: Shape, frame_shape: tuple[int, int]) -> bool:
+        """``is_cell`` without the pixel area, from the contour alone: the cheap test first.
+        The polygon through the outline's pixel centres is smaller than the pixel count by
+        about half the perimeter, so its area is only checked loosely here."""
+        if not 0.5 * self.min_area_px <= shape.polygon_area <= self.max_blob_area_px:
             return False
         x, y, w, h = shape.bbox
         if (x == 0 and x + w >= frame_shape[1]) or (y == 0 and y + h >= frame_shape[0]):
@@ -211,13 +219,14 @@ def records_from_shapes(
     labels: np.ndarray,
     crop_source: np.ndarray | None = None,
 ) -> list[CellRecord]:
-    """Keep the blobs that pass the shape rules, draw them into ``labels`` (zeroed here;
-    ids 1..n in record order) and describe each as a CellRecord with its crop, cut from
-    ``crop_source`` (default: ``image``)."""
+    """Keep the blobs that pass the shape rules, draw them into ``labels`` (all zero on
+    entry; ids 1..n in record order, nothing else drawn) and describe each as a CellRecord
+    with its crop, cut from ``crop_source`` (default: ``image``)."""
     crop_source = image if crop_source is None else crop_source
-    labels[:] = 0
     records: list[CellRecord] = []
     for shape in shapes:
+        if not rules.may_be_cell(shape, image.shape):
+            continue
         x, y, bw, bh = shape.bbox
         label_id = len(records) + 1
         cv2.drawContours(labels, [shape.contour], -1, label_id, cv2.FILLED)

@@ -35,9 +35,6 @@ ERROR_TEXT = {
     ERR_DUPLICATE: "duplicate id pending",
 }
 
-# Lines the controller sends on its own, interleaved with replies.
-UNSOLICITED = ("DONE", "MISS", "CANCELLED", "EVENT")
-
 
 class LineAssembler:
     """Bytes → complete lines, applying the protocol's framing rules.
@@ -69,10 +66,6 @@ class LineAssembler:
             else:
                 self._buf.append(byte)
         return lines
-
-    def reset(self) -> None:
-        self._buf.clear()
-        self._overflow = False
 
 
 def parse_uint(token: str, limit: int = MAX_U64) -> int | None:

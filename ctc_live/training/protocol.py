@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 
+from ctc_live.classification.inference import torch_threads
 from ctc_live.classification.modelfile import load_init_weights
 from ctc_live.classification.networks import (
     INPUT_SIZE,
@@ -139,18 +138,6 @@ def balanced_indices(labels: np.ndarray, per_class: int, rng: np.random.Generato
         reps = -(-per_class // len(idx))
         picks.append(np.concatenate([rng.permutation(idx) for _ in range(reps)])[:per_class])
     return rng.permutation(np.concatenate(picks))
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Use ``n`` intra-op threads (0: leave as is) and restore the previous count after."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def fit(x: torch.Tensor, y: np.ndarray, settings: TrainSettings, seed: int,

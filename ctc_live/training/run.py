@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctc_live.classification.inference import load_classifier
+from ctc_live.classification.inference import load_classifier, torch_threads
 from ctc_live.classification.modelfile import save_model
 from ctc_live.classification.networks import INPUT_SIZE
 from ctc_live.logs import log_to_file
@@ -20,7 +20,6 @@ from ctc_live.training.protocol import (
     cross_validate,
     fit,
     normalisation,
-    torch_threads,
 )
 from ctc_live.training.report import (
     plot_learning_curves,
