@@ -15,6 +15,11 @@ PRIOR_SPEED_ERROR = 0.3
 FITTED_SPEED_ERROR = 0.03
 
 
+# Observations the velocity fit uses: enough to average out centroid noise, few enough to
+# follow a cell that changes lane.
+FIT_POINTS = 8
+
+
 @dataclass
 class Track:
     id: int
@@ -23,24 +28,40 @@ class Track:
     y_um: list[float] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     misses: int = 0
+    fitted_velocity: float | None = None  # None until two observations
 
     @property
     def n(self) -> int:
         return len(self.t_s)
 
+    def add(self, frame: int, t_s: float, x_um: float, y_um: float) -> None:
+        self.t_s.append(t_s)
+        self.x_um.append(x_um)
+        self.y_um.append(y_um)
+        self.frames.append(frame)
+        self.misses = 0
+        if self.n >= 2:
+            self.fitted_velocity = _slope(self.t_s[-FIT_POINTS:], self.x_um[-FIT_POINTS:])
+
     def velocity(self, flow: FlowModel) -> float:
         """Speed along x (µm/s): fitted to the last observations, or the flow prior."""
-        if self.n < 2:
+        if self.fitted_velocity is None:
             return flow.expected(self.y_um[-1])
-        t = np.asarray(self.t_s[-8:])
-        x = np.asarray(self.x_um[-8:])
-        return float(np.polyfit(t - t[-1], x, 1)[0])
+        return self.fitted_velocity
 
     def predict_x(self, t_s: float, flow: FlowModel) -> float:
         return self.x_um[-1] + self.velocity(flow) * (t_s - self.t_s[-1])
 
     def mean_y(self) -> float:
         return float(np.mean(self.y_um))
+
+
+def _slope(t: list[float], x: list[float]) -> float:
+    """Least-squares slope of x against t, in plain Python: a few points, called per frame."""
+    n = len(t)
+    mt, mx = sum(t) / n, sum(x) / n
+    stt = sum((ti - mt) ** 2 for ti in t)
+    return sum((ti - mt) * (xi - mx) for ti, xi in zip(t, x)) / stt if stt > 0 else 0.0
 
 
 @dataclass
@@ -82,11 +103,7 @@ class Tracker:
                 new.append(track)
             else:
                 matched.add(track.id)
-            track.t_s.append(t_s)
-            track.x_um.append(float(x_um[i]))
-            track.y_um.append(float(y_um[i]))
-            track.frames.append(frame)
-            track.misses = 0
+            track.add(frame, t_s, float(x_um[i]), float(y_um[i]))
             ids[i] = track.id
         ended = []
         for track in tracks:
