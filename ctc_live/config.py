@@ -194,7 +194,8 @@ class ClassifierConfig(Section):
     threshold: Fraction = Field(0.5, description="P(CTC) at or above which a cell is a CTC")
     max_batch: PositiveInt = 64
     max_wait_ms: NonNegativeFloat = Field(
-        2.0, description="longest a crop waits for its batch to fill"
+        5.0, description="longest a crop waits for its batch to fill (bigger batches cost "
+        "less CPU per crop)"
     )
     threads: Annotated[int, Field(ge=0)] = Field(
         1, description="torch CPU threads for inference (0: torch's default); one is far "

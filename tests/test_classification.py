@@ -219,6 +219,19 @@ def test_batch_classifier_batches_and_stamps(tmp_path):
     assert stage.stats.crops == 30 and stage.stats.dropped_in == 0
 
 
+def test_drain_classifies_everything_submitted_into_a_shared_queue(tmp_path):
+    import queue
+
+    _, path = _compact_model(tmp_path)
+    shared: queue.Queue = queue.Queue()
+    stage = BatchClassifier(load_classifier(path, device="cpu"), max_batch=4, results=shared)
+    for i in range(10):
+        stage.submit(i, np.zeros((30, 30), np.float32))
+    stage.start().drain()
+    assert sorted(shared.get_nowait().key for _ in range(10)) == list(range(10))
+    assert shared.empty() and stage.stats.batches >= 3
+
+
 def test_batch_classifier_counts_drops_when_full(tmp_path):
     _, path = _compact_model(tmp_path)
     stage = BatchClassifier(load_classifier(path, device="cpu"), queue_size=4)  # not started

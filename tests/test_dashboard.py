@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -13,11 +14,13 @@ from PIL import Image
 from qtpy import QtCore
 
 from ctc_live.config import Config
-from ctc_live.dashboard import DashboardWindow, run_dashboard, save_screenshot
+from ctc_live.dashboard import DashboardWindow, run_dashboard, save_screenshot, show_dashboard
 from ctc_live.dashboard import app as dashboard_app
 from ctc_live.dashboard.app import check_qt_binding
 from ctc_live.dashboard.history import RateHistory
 from ctc_live.dashboard.image import STATE_COLOURS, auto_levels
+from ctc_live.dashboard.panels import format_offset, log_ticks
+from ctc_live.dashboard.remote import PipeSource
 from ctc_live.dashboard.scene_source import SceneSource
 from ctc_live.pipeline.snapshot import Arm, SaveFrame, SetRecording, SetThreshold, Start, Stop
 from ctc_live.simulation import FlowScene
@@ -231,18 +234,45 @@ def test_screenshot_is_written_and_shows_the_ctc(window, tmp_path):
     assert red.sum() > 200
 
 
-def test_run_dashboard_for_a_duration(source, config, tmp_path):
+def test_show_dashboard_for_a_duration(source, config, tmp_path):
     shot = tmp_path / "end.png"
-    assert run_dashboard(source, config, screenshot=shot, duration_s=0.3) == 0
+    assert show_dashboard(source, config, screenshot=shot, duration_s=0.3) == 0
     assert Stop() in source.sent and not source.running
     assert shot.stat().st_size > 10_000
 
 
-def test_run_dashboard_gives_up_on_a_pipeline_that_does_not_stop(source, config, monkeypatch):
+def test_show_dashboard_gives_up_on_a_pipeline_that_does_not_stop(source, config, monkeypatch):
     monkeypatch.setattr(dashboard_app, "STOP_GRACE_S", 0.3)
     monkeypatch.setattr(source, "send", source.sent.append)  # hears Stop, never stops
-    assert run_dashboard(source, config, duration_s=0.2) == 1
+    assert show_dashboard(source, config, duration_s=0.2) == 1
     assert Stop() in source.sent
+
+
+def test_run_dashboard_shows_the_window_in_its_own_process(source, config, tmp_path):
+    shot = tmp_path / "remote.png"
+    assert run_dashboard(source, config, screenshot=shot, duration_s=1.0) == 0
+    # The window's Stop came back through the pipe to the source, and the run ended.
+    assert Stop() in source.sent and not source.running
+    image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    red = np.abs(image - np.array(STATE_COLOURS["ctc"])).sum(axis=2) < 40
+    assert red.sum() > 200  # the CTC and its count, drawn from the piped snapshots
+
+
+def test_run_dashboard_reports_a_window_that_cannot_start(source, config, monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "no-such-platform")
+    assert run_dashboard(source, config, duration_s=0.2) == 2
+
+
+def test_the_window_ends_when_the_pipeline_process_is_gone(source):
+    pipeline_end, window_end = multiprocessing.Pipe()
+    piped = PipeSource(window_end)
+    # Without its frame: a whole one would not fit the pipe's buffer with no reader yet.
+    pipeline_end.send(("snapshot", dataclasses.replace(source.snapshot(), frame=None)))
+    assert piped.snapshot().running
+    assert pipeline_end.recv()[0] == "ready"  # the next one is asked for at once
+    pipeline_end.close()
+    assert piped.snapshot().running is False  # the last state, as a stopped run
+    piped.send(Stop())  # dropped, not raised
 
 
 def test_screenshot_without_a_display(tmp_path):
@@ -263,12 +293,12 @@ def test_screenshot_without_a_display(tmp_path):
     assert Image.open(shot).size == (1600, 1000)
 
 
-def test_run_dashboard_returns_when_the_pipeline_stops(qapp, source, config):
+def test_show_dashboard_returns_when_the_pipeline_stops(qapp, source, config):
     QtCore.QTimer.singleShot(300, lambda: source.send(Stop()))
-    assert run_dashboard(source, config) == 0
+    assert show_dashboard(source, config) == 0
 
 
-def test_run_dashboard_stays_open_after_the_operators_stop(qapp, source, config):
+def test_show_dashboard_stays_open_after_the_operators_stop(qapp, source, config):
     seen = {}
 
     def press_stop():
@@ -281,8 +311,21 @@ def test_run_dashboard_stays_open_after_the_operators_stop(qapp, source, config)
         window.close()
 
     QtCore.QTimer.singleShot(200, press_stop)
-    assert run_dashboard(source, config) == 0
+    assert show_dashboard(source, config) == 0
     assert seen["open_after_stop"]
+
+
+def test_latency_axis_is_labelled_in_plain_milliseconds():
+    major, minor = log_ticks(0.8, 300)
+    assert [label for _, label in major] == ["1", "10", "100"]
+    assert [label for _, label in minor] == ["2", "5", "20", "50", "200"]
+    assert major[1][0] == pytest.approx(1.0)  # positions are log10(ms)
+
+
+def test_large_clock_offsets_read_in_seconds():
+    assert format_offset(-4_681_455_491.5) == "-4,681.455491 s"
+    assert format_offset(12.5) == "12.5 µs"
+    assert format_offset(None) == "—"
 
 
 def test_rate_history_thins_trims_and_restarts():

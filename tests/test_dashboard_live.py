@@ -42,6 +42,7 @@ def test_dashboard_controls_a_real_run(qtbot, tmp_path):
         # The threshold control takes effect live: at 1.0 no cell can be called a CTC.
         window.threshold_spin.setValue(1.0)
         qtbot.waitUntil(lambda: pipeline.decider.threshold == 1.0, timeout=5_000)
+        frame_at_change = window.refresh().frame_number
         cells_at_change = shown(window, "cells")
         qtbot.waitUntil(lambda: shown(window, "cells") >= cells_at_change + 15, timeout=60_000)
         assert window.threshold_spin.value() == 1.0
@@ -64,21 +65,29 @@ def test_dashboard_controls_a_real_run(qtbot, tmp_path):
     assert shown(window, "frames_processed") == summary["frames"]["processed"]
     assert shown(window, "frames_dropped") == sum(summary["frames"]["dropped"].values())
 
-    # Decisions before the change have CTCs; none after it does.
+    # Decisions before the change have CTCs; cells first seen after it are decided at the
+    # new threshold, and none of them is a CTC.
     decided = read_run(tmp_path / "run")["cells"]
     before = [c for c in decided if c["threshold"] == config.classifier.threshold]
-    after = [c for c in decided if c["threshold"] == 1.0]
+    after = [c for c in decided if c["first_frame"] > frame_at_change]
     assert any(c["decision"] == "ctc" for c in before)
-    assert len(after) >= 10 and not any(c["decision"] == "ctc" for c in after)
+    assert len(after) >= 10 and all(c["threshold"] == 1.0 for c in after)
+    assert not any(c["decision"] == "ctc" for c in after)
     assert any(e["kind"] == "threshold" for e in read_run(tmp_path / "run")["events"])
 
 
-def test_run_dashboard_on_a_real_run_saves_the_screenshot(qapp, tmp_path):
+def test_run_dashboard_on_a_real_run_saves_the_screenshot(tmp_path):
+    """The window in its own process, on a real run that ends by itself."""
     config = live_config()
     pipeline, runner = start_run(config, tmp_path / "run")
-    QtCore.QTimer.singleShot(3_000, pipeline.request_stop)  # as --duration 3 would
+    stopper = threading.Timer(4.0, pipeline.request_stop)  # as --duration 4 would
+    stopper.start()
     shot = tmp_path / "dashboard.png"
-    assert run_dashboard(pipeline, config, screenshot=shot) == 0
-    runner.join(60)
+    try:
+        assert run_dashboard(pipeline, config, screenshot=shot) == 0
+    finally:
+        stopper.cancel()
+        pipeline.request_stop()
+        runner.join(60)
     assert pipeline.summary is not None
     assert shot.stat().st_size > 50_000

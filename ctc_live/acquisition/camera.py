@@ -74,6 +74,8 @@ class Camera:
 
     def close(self) -> None:
         self.stop()
+        if self.device is not None:
+            self.device.close()
         if self.recording is not None:
             self.recording.close()
         self.core.unloadAllDevices()

@@ -19,6 +19,7 @@ from pymmcore_plus.experimental.unicore import CameraDevice
 from ctc_live.acquisition.frame import KEY_CAMERA_TIME, KEY_EXPOSURE_NS, KEY_FRAME, KEY_SCENE_TIME
 from ctc_live.acquisition.recording import Recording, RecordingError
 from ctc_live.simulation import FlowScene
+from ctc_live.simulation.render_process import RenderProcess
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class _StreamingCamera(CameraDevice):
             log.error("camera device stopped: %s", exc)
             self.error = exc
 
+    def close(self) -> None:
+        """Release what the device holds beyond the core (a helper process, say)."""
+
     @abstractmethod
     def _stream(self, n, get_buffer) -> Iterator[Mapping]:
         """Fill buffers from ``get_buffer`` and yield each image's metadata."""
@@ -105,6 +109,18 @@ class SimCamera(_StreamingCamera):
         self._loop = (
             [scene.render(k / self.fps) for k in range(loop_frames)] if loop_frames else None
         )
+        self._renderer: RenderProcess | None = None
+        # Start the render process now and wait for its first frame: it takes seconds to
+        # start, which must not count as a stalled stream.
+        self._prefetched = None
+        if not loop_frames:
+            self._prefetched = (0, self._image(0))
+
+    def close(self) -> None:
+        """Stop the renderer process (the stream restarts it if streamed again)."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
 
     def set_exposure(self, exposure: float) -> None:
         super().set_exposure(exposure)
@@ -146,7 +162,16 @@ class SimCamera(_StreamingCamera):
     def _image(self, k: int) -> np.ndarray:
         if self._loop:
             return self._loop[k % len(self._loop)]
-        return self.scene.render(k / self.fps)
+        # The ground truth grows with the frames; the pixels come from the render process.
+        self.scene.generate_until(k / self.fps)
+        if self._prefetched is not None:
+            first, image = self._prefetched
+            self._prefetched = None
+            if first == k:
+                return image
+        if self._renderer is None:
+            self._renderer = RenderProcess(self.scene.config, self.fps, start_frame=k)
+        return self._renderer.get(k)
 
 
 class ReplayCamera(_StreamingCamera):

@@ -112,20 +112,23 @@ class BatchClassifier:
     A batch closes when it holds ``max_batch`` crops or when its oldest crop has waited
     ``max_wait_ms``, so latency stays bounded at low rates and throughput high at high ones.
     ``submit`` never blocks: a full input queue drops the crop and counts it; results go to
-    ``results`` (bounded), and a full results queue also counts its drops. ``threads`` sets
+    ``results`` (bounded; pass your own queue to share one, e.g. a decider's inbox), and a
+    full results queue also counts its drops. ``threads`` sets
     torch's CPU threads when the stage starts (0 leaves them).
     """
 
     def __init__(self, classifier: Classifier, max_batch: int = 64, max_wait_ms: float = 2.0,
-                 queue_size: int = 1024, threads: int = 1):
+                 queue_size: int = 1024, threads: int = 1,
+                 results: queue.Queue | None = None):
         self.classifier = classifier
         self.threads = threads
         self.max_batch = max_batch
         self.max_wait_ns = int(max_wait_ms * 1e6)
         self.inbox: queue.Queue = queue.Queue(queue_size)
-        self.results: queue.Queue[Classified] = queue.Queue(queue_size)
+        self.results: queue.Queue = results if results is not None else queue.Queue(queue_size)
         self.stats = BatchStats()
         self._stop = threading.Event()
+        self._draining = threading.Event()
         self._thread = threading.Thread(target=self._run, name="classifier", daemon=True)
 
     def start(self) -> BatchClassifier:
@@ -133,8 +136,15 @@ class BatchClassifier:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop now; crops still queued are left unclassified."""
         self._stop.set()
         self._thread.join(timeout)
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Classify every crop already submitted, then stop."""
+        self._draining.set()
+        self._thread.join(timeout)
+        self._stop.set()
 
     def submit(self, key: Hashable, crop: np.ndarray) -> bool:
         try:
@@ -151,6 +161,8 @@ class BatchClassifier:
             try:
                 first = self.inbox.get(timeout=0.05)
             except queue.Empty:
+                if self._draining.is_set():
+                    return
                 continue
             batch = [first]
             deadline = first[2] + self.max_wait_ns

@@ -3,7 +3,8 @@
 Importing this package imports Qt; the pipeline and the headless paths never do.
 """
 
-from ctc_live.dashboard.app import run_dashboard, save_screenshot
+from ctc_live.dashboard.app import save_screenshot, show_dashboard
+from ctc_live.dashboard.remote import run_dashboard
 from ctc_live.dashboard.window import DashboardWindow, SnapshotSource
 
 __all__ = [
@@ -11,4 +12,5 @@ __all__ = [
     "SnapshotSource",
     "run_dashboard",
     "save_screenshot",
+    "show_dashboard",
 ]

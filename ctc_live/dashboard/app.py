@@ -1,4 +1,5 @@
-"""Entry points for `ctc-live run`: open the dashboard on a running pipeline."""
+"""Show the dashboard on a running pipeline, in this process (see ``remote`` for the
+separate process that `ctc-live run` uses)."""
 
 from __future__ import annotations
 
@@ -57,13 +58,13 @@ def save_screenshot(window: QtWidgets.QWidget, path: Path) -> Path:
     return path
 
 
-def run_dashboard(
+def show_dashboard(
     source: SnapshotSource,
     config: Config,
     screenshot: Path | None = None,
     duration_s: float | None = None,
 ) -> int:
-    """Show the dashboard on a started pipeline until the run ends; returns an exit status.
+    """Show the dashboard in this process until the run ends; returns an exit status.
 
     ``source`` must be running when this is called: a source that is not running at the
     window's first look is taken as a run that has already ended.

@@ -37,6 +37,13 @@ def _optional(value: float | None, fmt: str, unit: str) -> str:
     return f"{value:{fmt}} {unit}"
 
 
+def format_offset(offset_us: float | None) -> str:
+    """The controller's clock counts from its own reset: offsets are often seconds."""
+    if offset_us is not None and abs(offset_us) >= 1e6:
+        return f"{offset_us / 1e6:,.6f} s"
+    return _optional(offset_us, ",.1f", "µs")
+
+
 def format_elapsed(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -234,7 +241,21 @@ class LatencyPanel(QtWidgets.QGroupBox):
         deadline_bin = int(np.searchsorted(LATENCY_BINS_MS, self.deadline_ms))
         lo = max(0, nonzero[0] - 3)
         hi = min(len(inner), max(nonzero[-1] + 4, deadline_bin + 2))
-        self.histogram.setData(LATENCY_BINS_MS[lo : hi + 1], inner[lo:hi])
+        edges = LATENCY_BINS_MS[lo : hi + 1]
+        self.histogram.setData(edges, inner[lo:hi])
+        self.plot.getAxis("bottom").setTicks(log_ticks(edges[0], edges[-1]))
+
+
+def log_ticks(lo_ms: float, hi_ms: float) -> list[list[tuple[float, str]]]:
+    """Ticks for a log axis in ms at 1-2-5 steps, labelled plainly ("0.5", "20", "1000"):
+    pyqtgraph labels every minor tick as a power of ten when the span is short."""
+    major, minor = [], []
+    for exponent in range(-3, 6):
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10.0**exponent
+            if lo_ms <= value <= hi_ms:
+                (major if mantissa == 1 else minor).append((math.log10(value), f"{value:g}"))
+    return [major, minor]
 
 
 def _flag(on: bool, yes: str, no: str, yes_colour: str, no_colour: str) -> str:
@@ -270,7 +291,7 @@ class SorterPanel(QtWidgets.QGroupBox):
             flags.append(f'<span style="color: {RED}">● disarmed by watchdog</span>')
         self.state.setText("&nbsp;&nbsp;".join(flags))
         self.timing.setText(
-            f"clock offset {_optional(sorter.clock_offset_us, ',.1f', 'µs')}   "
+            f"clock offset {format_offset(sorter.clock_offset_us)}   "
             f"round trip {_optional(sorter.round_trip_us, ',.0f', 'µs')}"
         )
         self.error.setText(f"last error: {sorter.last_error}" if sorter.last_error else "")

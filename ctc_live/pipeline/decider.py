@@ -158,8 +158,8 @@ class Decider:
             scores = ev.evidence_for_decision(
                 tracking.min_observations, self.threshold, tracking.uncertain_margin
             )
-            if scores is not None:
-                self._decide(ev, combine(scores))
+            if scores is not None:  # empty when every crop was dropped: uncertain
+                self._decide(ev, combine(scores) if scores else None)
                 decided = True
         if ev.ended and (decided or ev.n_obs < tracking.min_track_length):
             self._finish(ev)

@@ -112,6 +112,7 @@ class Pipeline:
             config.classifier.max_batch,
             config.classifier.max_wait_ms,
             queue_size=config.pipeline.crop_queue,
+            threads=config.classifier.threads,
             results=self.decider.inbox,
         )
         self.frames: queue.Queue = queue.Queue(maxsize=config.pipeline.frame_queue)
@@ -121,6 +122,7 @@ class Pipeline:
             self.frames,
             self.batcher,
             self.decider.inbox,
+            lambda track_id: self.decider.states.get(track_id, "pending"),
         )
         if self.record:
             self.recorder = self._open_recorder()

@@ -35,12 +35,15 @@ def flow_model(config: Config) -> FlowModel:
 
 
 class SegmentationStage:
-    def __init__(self, config: Config, segmenter, frames: queue.Queue, classifier, decisions):
+    def __init__(
+        self, config: Config, segmenter, frames: queue.Queue, classifier, decisions, decided
+    ):
         self.config = config
         self.segmenter = segmenter
         self.frames = frames
         self.classifier = classifier  # .submit(key, crop) -> bool
         self.decisions = decisions  # queue.Queue of the decision thread
+        self.decided = decided  # track id -> "pending" | decision, read without locks
         cam = config.camera
         self.field_width_um = cam.width * cam.pixel_size_um
         self.frame_interval_s = 1 / cam.fps
@@ -101,7 +104,12 @@ class SegmentationStage:
             velocity = track.velocity(self.tracker.flow)
             next_x = cell.x_um + velocity * self.frame_interval_s
             crop_index = self._crops.get(track_id, 0)
-            scored = not cell.touches_edge and crop_index < max_crops
+            # A decided cell needs no more evidence: its crops would only load the classifier.
+            scored = (
+                not cell.touches_edge
+                and crop_index < max_crops
+                and self.decided(track_id) == "pending"
+            )
             obs = Observation(
                 track_id, frame.number, frame.exposure_ns, segmented_ns, frame.scene_time_s,
                 cell.x_um, cell.y_um, cell.diameter_um, velocity,

@@ -1,0 +1,115 @@
+"""Rendering the scene in a process of its own, ahead of the simulated camera.
+
+On the rig the camera is separate hardware; in simulation the renderer would otherwise share
+the pipeline's interpreter lock and cores, and the simulator would slow down the very thing
+it tests. A child process renders frames k, k+1, ... into a ring of shared-memory slots; the
+camera device takes them in order. The scene is deterministic in time, so the child's copy of
+it renders exactly the frames the parent's copy would (the parent keeps its own for the
+ground truth).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from ctc_live.errors import CtcLiveError
+
+log = logging.getLogger(__name__)
+
+SLOTS = 16  # frames rendered ahead: 80 ms at 200 fps
+START_TIMEOUT_S = 60.0  # the child imports numpy and builds the scene's static parts
+FRAME_TIMEOUT_S = 10.0
+
+
+class RenderProcess:
+    """``get(k)`` → frame k (uint16 copy), rendered at scene time k / fps by a child process.
+
+    Frames come in order; asking for a later k makes the child skip ahead (a camera that fell
+    behind), asking for an earlier one is an error.
+    """
+
+    def __init__(self, config, fps: float, start_frame: int = 0):
+        cam = config.camera
+        self.shape = (cam.height, cam.width)
+        size = int(np.prod(self.shape)) * 2
+        self._shm = shared_memory.SharedMemory(create=True, size=size * SLOTS)
+        self._slots = np.ndarray((SLOTS, *self.shape), np.uint16, buffer=self._shm.buf)
+        ctx = mp.get_context("spawn")  # never fork a process that runs threads
+        self._free = ctx.Queue()
+        self._ready = ctx.Queue()
+        self._skip_to = ctx.Value("q", start_frame)
+        for slot in range(SLOTS):
+            self._free.put(slot)
+        self._process = ctx.Process(
+            target=_render_loop,
+            args=(config.model_dump(mode="json"), fps, self._shm.name, start_frame,
+                  self._free, self._ready, self._skip_to),
+            name="scene-renderer",
+            daemon=True,
+        )
+        self._process.start()
+        self._first = True
+
+    def get(self, k: int) -> np.ndarray:
+        self._skip_to.value = k
+        while True:
+            timeout = START_TIMEOUT_S if self._first else FRAME_TIMEOUT_S
+            try:
+                item = self._ready.get(timeout=timeout)
+            except queue.Empty:
+                raise CtcLiveError(
+                    f"scene renderer gave no frame in {timeout:g} s "
+                    f"(process {'alive' if self._process.is_alive() else 'dead'})"
+                ) from None
+            self._first = False
+            if isinstance(item, str):
+                raise CtcLiveError(f"scene renderer failed: {item}")
+            frame, slot = item
+            if frame < k:  # rendered before the camera skipped ahead
+                self._free.put(slot)
+                continue
+            if frame > k:
+                raise CtcLiveError(f"scene renderer is past frame {k} (at {frame})")
+            image = self._slots[slot].copy()
+            self._free.put(slot)
+            return image
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._free.put(None)
+            self._process.join(2.0)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(2.0)
+        self._slots = None
+        self._shm.close()
+        self._shm.unlink()
+
+
+def _render_loop(config_data, fps, shm_name, start_frame, free, ready, skip_to) -> None:
+    from ctc_live.config import Config
+    from ctc_live.simulation.scene import FlowScene
+
+    shm = shared_memory.SharedMemory(name=shm_name)
+    slots = None
+    try:
+        config = Config.model_validate(config_data)
+        scene = FlowScene(config)
+        shape = (config.camera.height, config.camera.width)
+        slots = np.ndarray((SLOTS, *shape), np.uint16, buffer=shm.buf)
+        k = start_frame
+        while (slot := free.get()) is not None:
+            k = max(k, skip_to.value)
+            slots[slot] = scene.render(k / fps)
+            ready.put((k, slot))
+            k += 1
+    except Exception as exc:  # reported to the camera, which ends the stream with it
+        ready.put(f"{type(exc).__name__}: {exc}")
+    finally:
+        slots = None  # the view must go before the memory it views
+        shm.close()
