@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -70,16 +71,22 @@ def run_pipeline(config, args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = log_to_file(run_dir / "run.log")
     try:
-        pipeline = Pipeline(config, run_dir, record=args.record)
+        pipeline = Pipeline(config, run_dir, record=args.record).start()
+        _stop_on_signals(pipeline)
         gui = not args.headless and config.dashboard.enabled and _display_available()
         if gui or args.screenshot is not None:
             from ctc_live.dashboard import run_dashboard
 
-            pipeline.start()
-            run_dashboard(pipeline, config, screenshot=args.screenshot, duration_s=args.duration)
+            # The run goes on in its own thread; the window (its own process) only watches
+            # and commands it, and sees it end when stop() has written the summary.
+            runner = threading.Thread(
+                target=lambda: (pipeline.wait(args.duration), pipeline.stop()), name="run"
+            )
+            runner.start()
+            run_dashboard(pipeline, config, screenshot=args.screenshot)
+            pipeline.request_stop()
+            runner.join()
         else:
-            pipeline.start()
-            _stop_on_signals(pipeline)
             pipeline.wait(args.duration, on_second=lambda s: print(status_line(s), flush=True))
         summary = pipeline.stop()
         print(json.dumps(summary, indent=2))

@@ -161,8 +161,17 @@ class Decider:
             if scores is not None:  # empty when every crop was dropped: uncertain
                 self._decide(ev, combine(scores) if scores else None)
                 decided = True
+        self._fire_when_seen_out(ev)
         if ev.ended and (decided or ev.n_obs < tracking.min_track_length):
             self._finish(ev)
+
+    def _fire_when_seen_out(self, ev: Evidence) -> None:
+        """A CTC decided early is fired once the track has all its positions (it leaves the
+        field): the velocity fit over the whole crossing times the pulse far better than the
+        first few frames, and the cell is still far from the sorter."""
+        if ev.fire_pending and ev.frozen_crops is not None:
+            ev.fire_pending = False
+            self._trigger(ev)
 
     def _expire_waiting(self) -> None:
         """Decide ended tracks whose scores did not all come back in time."""
@@ -174,12 +183,13 @@ class Decider:
                     self.counts.evidence_timeouts += 1
                     if self.states[ev.track_id] == "pending":
                         self._decide(ev, ev.p_ctc)
+                    self._fire_when_seen_out(ev)
                 self._finish(ev)
 
     # -- decision and trigger ---------------------------------------------------------------
 
     def _decide(self, ev: Evidence, p_ctc: float | None) -> None:
-        ev.p_decided = p_ctc
+        ev.p_decided, ev.threshold = p_ctc, self.threshold
         decision = classify(p_ctc, self.threshold, self.config.tracking.uncertain_margin)
         self.states[ev.track_id] = decision
         c = self.counts
@@ -189,11 +199,11 @@ class Decider:
         if decision == "ctc":
             self.ctc_rate.total += 1
             if self.sorter is not None:
-                self._trigger(ev)
+                ev.fire_pending = True
         done = time.monotonic_ns()
         self.latency["decision"].add(done - ev.last_input_ns)
         ev.decided_ns = done
-        if math.isnan(ev.latency_ms):  # not set by a pulse: the decision ends the chain
+        if not ev.fire_pending:  # no pulse to send: the decision ends the chain
             ev.latency_ms = (done - ev.last_exposure_ns) / 1e6
             self.latency["end_to_end"].add(done - ev.last_exposure_ns)
 
@@ -254,7 +264,7 @@ class Decider:
             "n_obs": ev.n_obs, "n_scored": ev.scored, "x_first_um": ev.x_first_um,
             "y_first_um": ev.y_first_um, "x_last_um": ev.x_um, "y_last_um": ev.y_um,
             "velocity_um_s": ev.velocity_um_s, "diameter_um": ev.diameter_um,
-            "p_ctc": ev.p_decided, "decision": decision, "threshold": self.threshold,
+            "p_ctc": ev.p_decided, "decision": decision, "threshold": ev.threshold,
             "decided_ns": ev.decided_ns,
             "latency_ms": ev.latency_ms,
         })

@@ -58,6 +58,8 @@ class Evidence:
     last_input_ns: int = 0
     decided_ns: int = 0
     p_decided: float | None = None  # the P(CTC) the decision was taken on
+    threshold: float | None = None  # the CTC threshold in force then
+    fire_pending: bool = False  # a CTC whose pulse waits for the track's last position
     latency_ms: float = float("nan")  # exposure of the deciding frame → decision (or pulse)
     # Simulator scoring: (scene time, x, y) of each observation.
     path: list[tuple[float, float, float]] = field(default_factory=list)

@@ -95,14 +95,17 @@ class SegmentationStage:
         t_s = frame.camera_time_ms / 1000
         x = np.fromiter((c.x_um for c in cells), float, len(cells))
         y = np.fromiter((c.y_um for c in cells), float, len(cells))
-        update = self.tracker.update(frame.number, t_s, x, y)
+        inside = np.fromiter((not c.touches_edge for c in cells), bool, len(cells))
+        update = self.tracker.update(frame.number, t_s, x, y, reliable=inside)
         views = []
         margin = self.config.tracking.decide_margin_um
         max_crops = self.config.tracking.max_crops_per_track
         for cell, track_id in zip(cells, update.track_ids.tolist()):
             track = self.tracker.active[track_id]
             velocity = track.velocity(self.tracker.flow)
-            next_x = cell.x_um + velocity * self.frame_interval_s
+            # The fitted line, not the raw centroid: the trigger extrapolates from it.
+            x_um = track.predict_x(t_s, self.tracker.flow)
+            next_x = x_um + velocity * self.frame_interval_s
             crop_index = self._crops.get(track_id, 0)
             # A decided cell needs no more evidence: its crops would only load the classifier.
             scored = (
@@ -112,7 +115,7 @@ class SegmentationStage:
             )
             obs = Observation(
                 track_id, frame.number, frame.exposure_ns, segmented_ns, frame.scene_time_s,
-                cell.x_um, cell.y_um, cell.diameter_um, velocity,
+                x_um, cell.y_um, cell.diameter_um, velocity,
                 leaving=next_x > self.field_width_um - margin,
                 crop=cell.crop if scored else None,
                 crop_index=crop_index if scored else -1,

@@ -28,40 +28,51 @@ class Track:
     y_um: list[float] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     misses: int = 0
-    fitted_velocity: float | None = None  # None until two observations
+    # Line x = x0 + v (t - t0) fitted to the last reliable observations; None until two.
+    fit: tuple[float, float, float] | None = None
+    _reliable: list[int] = field(default_factory=list)  # indices of observations fitted
 
     @property
     def n(self) -> int:
         return len(self.t_s)
 
-    def add(self, frame: int, t_s: float, x_um: float, y_um: float) -> None:
+    def add(self, frame: int, t_s: float, x_um: float, y_um: float, reliable: bool = True) -> None:
+        """Append an observation. Unreliable ones (a cell cut by the frame edge, whose
+        centroid is pulled inwards) are linked but fitted only while nothing better exists."""
         self.t_s.append(t_s)
         self.x_um.append(x_um)
         self.y_um.append(y_um)
         self.frames.append(frame)
         self.misses = 0
-        if self.n >= 2:
-            self.fitted_velocity = _slope(self.t_s[-FIT_POINTS:], self.x_um[-FIT_POINTS:])
+        if reliable:
+            self._reliable.append(self.n - 1)
+        use = self._reliable if len(self._reliable) >= 2 else range(self.n)
+        use = list(use)[-FIT_POINTS:]
+        if len(use) >= 2:
+            self.fit = _line([self.t_s[i] for i in use], [self.x_um[i] for i in use])
 
     def velocity(self, flow: FlowModel) -> float:
         """Speed along x (µm/s): fitted to the last observations, or the flow prior."""
-        if self.fitted_velocity is None:
-            return flow.expected(self.y_um[-1])
-        return self.fitted_velocity
+        return flow.expected(self.y_um[-1]) if self.fit is None else self.fit[2]
 
     def predict_x(self, t_s: float, flow: FlowModel) -> float:
-        return self.x_um[-1] + self.velocity(flow) * (t_s - self.t_s[-1])
+        if self.fit is None:
+            return self.x_um[-1] + flow.expected(self.y_um[-1]) * (t_s - self.t_s[-1])
+        t0, x0, v = self.fit
+        return x0 + v * (t_s - t0)
 
     def mean_y(self) -> float:
         return float(np.mean(self.y_um))
 
 
-def _slope(t: list[float], x: list[float]) -> float:
-    """Least-squares slope of x against t, in plain Python: a few points, called per frame."""
+def _line(t: list[float], x: list[float]) -> tuple[float, float, float]:
+    """Least-squares line through (t, x) as (mean t, mean x, slope), in plain Python: a few
+    points, called for every detection."""
     n = len(t)
     mt, mx = sum(t) / n, sum(x) / n
     stt = sum((ti - mt) ** 2 for ti in t)
-    return sum((ti - mt) * (xi - mx) for ti, xi in zip(t, x)) / stt if stt > 0 else 0.0
+    slope = sum((ti - mt) * (xi - mx) for ti, xi in zip(t, x)) / stt if stt > 0 else 0.0
+    return mt, mx, slope
 
 
 @dataclass
@@ -87,9 +98,15 @@ class Tracker:
         self._ids = itertools.count(1)
 
     def update(
-        self, frame: int, t_s: float, x_um: np.ndarray, y_um: np.ndarray
+        self,
+        frame: int,
+        t_s: float,
+        x_um: np.ndarray,
+        y_um: np.ndarray,
+        reliable: np.ndarray | None = None,
     ) -> TrackerUpdate:
-        """Link this frame's detections (positions in µm) to the active tracks."""
+        """Link this frame's detections (positions in µm) to the active tracks;
+        ``reliable[i]`` False marks a position not to fit velocities on (cut by the edge)."""
         tracks = list(self.active.values())
         track_of = self._assign(tracks, t_s, x_um, y_um)
         ids = np.zeros(len(x_um), dtype=np.int64)
@@ -103,7 +120,8 @@ class Tracker:
                 new.append(track)
             else:
                 matched.add(track.id)
-            track.add(frame, t_s, float(x_um[i]), float(y_um[i]))
+            track.add(frame, t_s, float(x_um[i]), float(y_um[i]),
+                      True if reliable is None else bool(reliable[i]))
             ids[i] = track.id
         ended = []
         for track in tracks:
@@ -134,9 +152,9 @@ class Tracker:
         for track in tracks:
             v = track.velocity(self.flow)
             dt = t_s - track.t_s[-1]
-            error = PRIOR_SPEED_ERROR if track.n < 2 else FITTED_SPEED_ERROR
+            error = PRIOR_SPEED_ERROR if track.fit is None else FITTED_SPEED_ERROR
             gate_x = tol + error * abs(v * dt)
-            dx = x_um - (track.x_um[-1] + v * dt)
+            dx = x_um - track.predict_x(t_s, self.flow)
             dy = y_um - track.y_um[-1]
             ok = (np.abs(dx) <= gate_x) & (np.abs(dy) <= tol) & (x_um >= track.x_um[-1] - tol)
             for i in np.flatnonzero(ok):
