@@ -16,7 +16,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import ctc_live
@@ -121,7 +121,7 @@ def _num(value: float) -> str:
 def to_json(results: list[BenchResult]) -> dict:
     return {
         "ctc_live_version": ctc_live.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),

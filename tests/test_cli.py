@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from ctc_live import bench
-from ctc_live.cli import COMMAND_MODULES, build_parser, main
+from ctc_live.cli import COMMAND_MODULES, main
 
 
 def test_help_lists_every_command(capsys):

@@ -68,3 +68,13 @@ def test_pulse_width_is_clamped_to_the_safety_limits():
     _, slow = plan_pulse(0.0, 1.0, 0, 10.0, sorter)
     assert (fast, slow) == (500, 800)
     assert not math.isnan(fast)
+
+
+def test_wilson_interval_for_rare_events():
+    from ctc_live.pipeline.scoring import wilson_interval
+
+    low, high = wilson_interval(0, 20)
+    assert low == 0 and 0.1 < high < 0.2  # no successes still bounds the rate
+    low, high = wilson_interval(95, 100)
+    assert low < 0.95 < high <= 1
+    assert wilson_interval(0, 0) is None

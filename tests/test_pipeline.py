@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from ctc_live.classification import load_classifier
 from ctc_live.cli import main

@@ -52,7 +52,7 @@ def test_one_track_per_cell_with_misses_and_noise():
 
 
 def test_velocity_learned_when_configured_mean_is_wrong():
-    frames, v_true = synthetic_flow(seed=2)
+    frames, _ = synthetic_flow(seed=2)
     # Configured mean velocity 30% too low: linking must still work and the profile learn.
     members, _, flow = run_tracker(frames, mean_velocity=3500.0)
     purity = np.mean([len(set(c)) == 1 for c in members.values()])

@@ -270,7 +270,3 @@ class Decider:
         })
         if self.keep_finished:
             self.finished.append(FinishedCell(ev.track_id, decision, ev.p_decided, ev.scores, ev.path))
-
-    @property
-    def pending(self) -> int:
-        return len(self._tracks)

@@ -21,14 +21,14 @@ import numpy as np
 MATCH_UM = 6.0
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float] | None:
     """95% confidence interval of a proportion (Wilson score), sound for rare events."""
     if n == 0:
         return None
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def match_tracks(scene, finished) -> dict[int, object]:
