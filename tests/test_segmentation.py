@@ -25,9 +25,6 @@ PX = 0.5  # µm per pixel of the synthetic images (the rig's)
 # 0.977 and 0.982 held out.
 BBBC030_F1_FLOOR = 0.975
 
-needs_bbbc030 = pytest.mark.skipif(
-    not (bbbc030.DEFAULT_FOLDER / "images").is_dir(), reason="BBBC030 data not present"
-)
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +51,11 @@ def noisy_background(shape=(480, 640), level=2000.0, noise=8.0, seed=1) -> np.nd
 # ----- real cells --------------------------------------------------------------------------
 
 
-@needs_bbbc030
 def test_realtime_f1_on_bbbc030(bbbc):
     score = bbbc030.score(bbbc, SegmentationConfig(), "realtime")
     assert score.f1 >= BBBC030_F1_FLOOR, score
 
 
-@needs_bbbc030
 def test_realtime_matches_or_beats_reference_side_by_side(bbbc):
     subset = bbbc[::5]
     realtime = bbbc030.score(subset, SegmentationConfig(), "realtime")
@@ -69,7 +64,6 @@ def test_realtime_matches_or_beats_reference_side_by_side(bbbc):
     assert realtime.f1 >= reference.f1, (realtime, reference)
 
 
-@needs_bbbc030
 def test_labels_and_records_agree(bbbc):
     _, image, _ = bbbc[0]
     labels, cells = segment_image(image, SegmentationConfig(), bbbc030.PIXEL_SIZE_UM)

@@ -14,7 +14,8 @@ from ctc_live.segmentation.images import read_grey
 from ctc_live.segmentation.scoring import MatchScore, match_score
 from ctc_live.segmentation.single import segment_image
 
-DEFAULT_FOLDER = REPO_ROOT.parent / "shared" / "data" / "bbbc030"
+# A copy ships with the tests (4.5 MB; see tests/data/README.md for its source and citation).
+DEFAULT_FOLDER = REPO_ROOT / "tests" / "data" / "bbbc030"
 PIXEL_SIZE_UM = 0.65
 
 
