@@ -10,6 +10,7 @@ never sent.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import queue
@@ -23,6 +24,8 @@ from ctc_live.pipeline.messages import Observation, ScoreDropped, TrackEnded
 from ctc_live.pipeline.stats import LatencyHistogram, RateMeter
 
 log = logging.getLogger(__name__)
+
+RECENT_DECISIONS = 256
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Decider:
             "end_to_end": LatencyHistogram(config.pipeline.deadline_ms),
         }
         self.states: dict[int, str] = {}  # track id → pending | ctc | wbc | uncertain
+        # Decisions of finished tracks, for views of the last frame (bounded).
+        self.recent: collections.OrderedDict[int, str] = collections.OrderedDict()
         self.current_p: dict[int, float] = {}  # track id → P(CTC) so far, for views
         self.finished: list[FinishedCell] = []
         self.pulses: dict[int, dict] = {}
@@ -255,6 +260,9 @@ class Decider:
     def _finish(self, ev: Evidence) -> None:
         del self._tracks[ev.track_id]
         decision = self.states.pop(ev.track_id)
+        self.recent[ev.track_id] = decision
+        if len(self.recent) > RECENT_DECISIONS:
+            self.recent.popitem(last=False)
         self.current_p.pop(ev.track_id, None)
         if ev.n_obs < self.config.tracking.min_track_length:
             self.counts.noise_tracks += 1

@@ -100,6 +100,9 @@ class Pipeline:
         classifier = self._classifier or load_classifier(
             config.classifier.model, config.classifier.device
         )
+        # The first inference loads torch's kernels (up to seconds): not while frames wait.
+        size = config.segmentation.crop_size
+        classifier.predict(np.zeros((1, size, size), np.float32))
         self.decider = Decider(config, self.store, keep_finished=simulated)
         if config.sorter.enabled and self.camera.kind != "replay":
             from ctc_live.sorting import open_sorter
@@ -252,10 +255,11 @@ class Pipeline:
     def snapshot(self) -> Snapshot:
         now = time.monotonic_ns()
         frame, views = self.segmentation.latest
-        states = self.decider.states
+        states, recent = self.decider.states, self.decider.recent
         scores = self.decider.current_p
         cells = tuple(
-            CellView(v.track_id, v.x_px, v.y_px, v.bbox, states.get(v.track_id, "pending"),
+            CellView(v.track_id, v.x_px, v.y_px, v.bbox,
+                     states.get(v.track_id) or recent.get(v.track_id, "pending"),
                      scores.get(v.track_id))
             for v in views
         )
