@@ -9,10 +9,12 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from ctc_live.classification import load_classifier
 from ctc_live.cli import main
 from ctc_live.config import load_config
+from ctc_live.errors import CtcLiveError
 from ctc_live.pipeline import Pipeline
 from ctc_live.storage import read_run
 
@@ -131,3 +133,12 @@ def test_replay_gives_the_same_decisions_at_any_speed(tmp_path, capsys):
     assert [c[:3] for c in slow] == [c[:3] for c in fast]
     # Scores agree to float precision (batches of different sizes round differently).
     assert np.allclose([c[3] for c in slow], [c[3] for c in fast], atol=1e-5)
+
+
+def test_a_bad_model_file_fails_the_start_cleanly(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a model")
+    pipeline = Pipeline(sim_config(**{"classifier.model": str(bad)}), tmp_path / "run")
+    with pytest.raises(CtcLiveError, match="model card not found"):
+        pipeline.start()
+    assert read_run(tmp_path / "run")["run"]["status"] == "failed to start"

@@ -83,6 +83,18 @@ class Pipeline:
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> Pipeline:
+        """Open every part and start the threads; on failure, close what was opened."""
+        try:
+            return self._start()
+        except BaseException:
+            for part in (self.sorter, self.camera):
+                if part is not None:
+                    part.close()
+            self.store.set("status", "failed to start")
+            self.store.close()
+            raise
+
+    def _start(self) -> Pipeline:
         from ctc_live.acquisition import Acquisition, open_camera
         from ctc_live.classification import BatchClassifier, load_classifier
         from ctc_live.segmentation.flow import FlowSegmenter
