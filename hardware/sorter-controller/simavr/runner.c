@@ -244,9 +244,11 @@ int main(int argc, char **argv)
             fflush(stdout);
             announced = 1;
         }
-        if (emulated + BEHIND_NS < real && (!last_warning || real - last_warning > 1000000000ULL)) {
+        if (announced && emulated + BEHIND_NS < real
+            && (!last_warning || real - last_warning > 1000000000ULL)) {
             /* A busy host: the emulated clock lags and will catch up, which a real board's
-             * clock never does. Say so, since the timing it gives is not the firmware's. */
+             * clock never does. Say so, since the timing it gives is not the firmware's.
+             * (Before the port is announced nobody talks to it: a slow start is no lag.) */
             fprintf(stderr, "sorter-sim: %.1f ms behind real time\n", (real - emulated) / 1e6);
             last_warning = real;
         }
