@@ -142,3 +142,29 @@ def test_a_bad_model_file_fails_the_start_cleanly(tmp_path):
     with pytest.raises(CtcLiveError, match="model card not found"):
         pipeline.start()
     assert read_run(tmp_path / "run")["run"]["status"] == "failed to start"
+
+
+class FailingSegmenter:
+    """The real segmenter until frame 50, then a bug."""
+
+    def __init__(self, config):
+        from ctc_live.segmentation.flow import FlowSegmenter
+
+        self.inner = FlowSegmenter(config)
+
+    def process(self, image, frame_number):
+        if frame_number >= 50:
+            raise RuntimeError("segmenter bug")
+        return self.inner.process(image, frame_number)
+
+
+def test_a_failing_stage_ends_the_run_with_its_error_in_the_summary(tmp_path):
+    config = sim_config()
+    pipeline = Pipeline(config, tmp_path, segmenter=FailingSegmenter(config)).start()
+    started = time.monotonic()
+    pipeline.wait(30.0)
+    summary = pipeline.stop()
+    assert time.monotonic() - started < 25  # ended by the failure, not the duration
+    assert "RuntimeError: segmenter bug" in summary["segmentation_error"]
+    assert summary["frames"]["unaccounted"] == 0
+    assert read_run(tmp_path)["run"]["status"] == "finished"

@@ -91,8 +91,10 @@ def run_pipeline(config, args: argparse.Namespace) -> int:
         summary = pipeline.stop()
         print(json.dumps(summary, indent=2))
         print(f"run directory: {run_dir}")
-        if summary["camera_error"]:
-            raise CtcLiveError(summary["camera_error"])
+        for failure in ("camera_error", "segmentation_error"):
+            if summary[failure]:
+                raise CtcLiveError(f"the run ended with a {failure.replace('_', ' ')}: "
+                                   f"{summary[failure]} (summary written in {run_dir})")
         return 0
     finally:
         logging.getLogger().removeHandler(handler)

@@ -182,6 +182,8 @@ class Pipeline:
                 break
             if self.acquisition.finished.is_set():  # a replay ran out, or the camera failed
                 break
+            if self.segmentation.error is not None:  # reported in the summary
+                break
             time.sleep(0.05)
             if on_second is not None and time.monotonic() >= next_tick:
                 next_tick += 1
@@ -256,7 +258,7 @@ class Pipeline:
 
     def dropped(self) -> dict[str, int]:
         """Frames dropped, by reason (crops the classifier had no room for are counted apart)."""
-        return dict(self.acquisition.dropped)
+        return self.acquisition.dropped | {"segmentation_failed": self.segmentation.failed_frames}
 
     def latencies(self) -> dict[str, LatencyHistogram]:
         return {

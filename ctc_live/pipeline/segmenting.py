@@ -62,16 +62,16 @@ class SegmentationStage:
         self._crops: dict[int, int] = {}
         self._thread = threading.Thread(target=self._run, name="segmentation", daemon=True)
         self.error: BaseException | None = None
+        self.failed_frames = 0  # taken after (or by) a failure, never processed
 
     def start(self) -> SegmentationStage:
         self._thread.start()
         return self
 
     def join(self) -> None:
-        """Wait for the end of the stream (END_OF_STREAM put on the frame queue)."""
+        """Wait for the end of the stream (END_OF_STREAM put on the frame queue); a failure
+        is kept in ``error`` for the run's summary."""
         self._thread.join()
-        if self.error is not None:
-            raise self.error
 
     def _run(self) -> None:
         try:
@@ -82,9 +82,13 @@ class SegmentationStage:
             for track in self.tracker.finish():
                 exposure_ns = last.exposure_ns if last is not None else now
                 self.decisions.put(TrackEnded(track.id, track.frames[-1], exposure_ns, now))
-        except BaseException as exc:
+        except Exception as exc:
             log.exception("segmentation thread failed")
             self.error = exc
+            # Keep taking frames so the camera never waits; each one is counted as dropped.
+            self.failed_frames = 1
+            while self.frames.get() is not END_OF_STREAM:
+                self.failed_frames += 1
 
     def process(self, frame) -> None:
         if self.first_frame is None:
