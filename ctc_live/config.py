@@ -319,6 +319,13 @@ class Config(Section):
             )
         return self
 
+    @property
+    def channel_center_um(self) -> float:
+        """The channel's centre line, µm from the image top (default: the image's centre)."""
+        if self.channel.center_y_um is not None:
+            return self.channel.center_y_um
+        return self.camera.height * self.camera.pixel_size_um / 2
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 

@@ -27,11 +27,10 @@ END_OF_STREAM = None
 
 
 def flow_model(config: Config) -> FlowModel:
-    cam, channel = config.camera, config.channel
-    center = channel.center_y_um
-    if center is None:
-        center = cam.height * cam.pixel_size_um / 2
-    return FlowModel(center, channel.width_um, channel.mean_velocity_mm_s * 1000)
+    channel = config.channel
+    return FlowModel(
+        config.channel_center_um, channel.width_um, channel.mean_velocity_mm_s * 1000
+    )
 
 
 class SegmentationStage:

@@ -89,9 +89,7 @@ class FlowSegmenter:
         seg = config.segmentation
         self.pixel_size_um = px = config.camera.pixel_size_um
         channel = config.channel
-        centre_um = channel.center_y_um
-        if centre_um is None:
-            centre_um = config.camera.height * px / 2
+        centre_um = config.channel_center_um
         half_um = channel.width_um / 2 + seg.max_diameter_um / 2
         top = max(int((centre_um - half_um) / px), 0)
         bottom = min(int(np.ceil((centre_um + half_um) / px)), config.camera.height)

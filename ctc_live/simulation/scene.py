@@ -64,9 +64,7 @@ class FlowScene:
         self.width_um = self.width * self.pixel_size_um
         self.height_um = self.height * self.pixel_size_um
         self.channel_width_um = ch.width_um
-        self.channel_center_um = (
-            ch.center_y_um if ch.center_y_um is not None else self.height_um / 2
-        )
+        self.channel_center_um = config.channel_center_um
         self._sim = sim
         self._jitter = ch.velocity_jitter
         self._rng_seed = sim.seed
