@@ -17,9 +17,11 @@ from ctc_live.classification import (
     prepare,
     save_model,
 )
-from ctc_live.classification.modelfile import card_path, load_init_weights
+from ctc_live.classification.modelfile import card_path, load_init_weights, load_model
 from ctc_live.classification.networks import normalisation_card
-from ctc_live.errors import CtcLiveError
+from ctc_live.classification.quantisation import CALIBRATION_KEY, calibration_crops
+from ctc_live.config import DEFAULT_MODEL_FILE, load_config
+from ctc_live.errors import ConfigError, CtcLiveError
 
 
 def torchvision_resnet50_shapes() -> dict[str, tuple]:
@@ -108,7 +110,7 @@ def test_pickled_non_tensor_checkpoint_is_refused(tmp_path):
         load_init_weights(build_network("resnet50"), path)
 
 
-def _compact_model(tmp_path, name="m"):
+def _compact_model(tmp_path, name="m", calibration=None):
     torch.manual_seed(0)
     model = build_network("compact").eval()
     # BatchNorm statistics away from their defaults, so folding them is really exercised.
@@ -118,7 +120,8 @@ def _compact_model(tmp_path, name="m"):
             m.running_var.uniform_(0.5, 2.0)
     path = tmp_path / f"{name}.safetensors"
     save_model(model, path, {"architecture": "compact", "input_size": 32,
-                             "normalisation": normalisation_card("compact", False)})
+                             "normalisation": normalisation_card("compact", False)},
+               calibration)
     return model, path
 
 
@@ -273,3 +276,92 @@ def test_grey_crops_feed_the_resnet_stem_with_imagenet_statistics():
     assert torch.allclose(grey.mean(dim=(2, 3)), torch.full((50, 3), 0.45), atol=1e-4)
     assert torch.allclose(grey[:, 0], grey[:, 2], atol=1e-5)  # replicated channels
     assert normalisation_card("resnet50", imagenet=False)["channel_affine"] == [[1.0, 0.0]] * 3
+
+
+def test_int8_calls_cells_like_float32_on_the_shipped_model():
+    _, _, calibration = load_model(DEFAULT_MODEL_FILE)
+    # Crops like the training set's but not the ones calibrated on: its crops turned by 90°.
+    crops = np.rot90(calibration[:, 0].float().numpy(), 1, axes=(1, 2)).copy()
+    p32 = load_classifier(DEFAULT_MODEL_FILE, "cpu").predict(crops)
+    int8 = load_classifier(DEFAULT_MODEL_FILE, "cpu", "int8")
+    p8 = int8.predict(crops)
+    assert int8.precision == "int8" and int8.device.type == "cpu"
+    # int8 rounds every activation to 1/128 of its calibrated range, which moves P(CTC) most
+    # where the logits are close. On the 2000-crop held-out simulated set 7 calls changed and
+    # 99% of P(CTC) moved less than 0.08; here 1 call of 256, mean shift 0.002, largest 0.15.
+    assert np.mean((p8 >= 0.5) == (p32 >= 0.5)) >= 0.98
+    assert np.abs(p8 - p32).mean() < 0.01 and np.abs(p8 - p32).max() < 0.3
+    assert 0.3 < np.mean(p32 >= 0.5) < 0.7  # both classes are in the set
+    with pytest.raises(CtcLiveError, match="features need the float32 network"):
+        int8.features(crops[:2])
+
+
+def test_int8_without_calibration_crops_is_refused_clearly(tmp_path):
+    _, path = _compact_model(tmp_path)
+    with pytest.raises(ModelFileError) as err:
+        load_classifier(path, "cpu", "int8")
+    msg = str(err.value)
+    assert str(path) in msg and "no calibration crops" in msg and "ctc-live train" in msg
+    assert "add_calibration" in msg and "float32" in msg
+    with pytest.raises(CtcLiveError, match="unknown classifier precision 'int4'"):
+        load_classifier(path, "cpu", "int4")
+
+
+def test_int8_runs_on_the_cpu_only(tmp_path):
+    _, path = _compact_model(tmp_path, calibration=torch.randn(8, 1, 32, 32))
+    with pytest.raises(CtcLiveError, match="int8 runs on the CPU only"):
+        load_classifier(path, "cuda", "int8")
+
+
+def test_calibration_crops_round_trip_without_upsetting_key_checks(tmp_path):
+    calibration = torch.randn(16, 1, 32, 32).half()
+    _, path = _compact_model(tmp_path, calibration=calibration)
+    model, card, loaded = load_model(path)
+    assert torch.equal(loaded, calibration)
+    assert card["calibration"] == {"crops": 16, "source": "training data",
+                                   "tensor": CALIBRATION_KEY}
+    # A network that does not match is still refused, and the crops are not to blame.
+    meta = json.loads(card_path(path).read_text())
+    card_path(path).write_text(json.dumps(meta | {"architecture": "resnet50", "input_size": 34}))
+    with pytest.raises(ModelFileError, match="missing keys") as err:
+        load_model(path)
+    assert CALIBRATION_KEY not in str(err.value)
+    # Crops of the wrong size, or a weight the network lacks, are refused by name.
+    for name, extra, expected in (
+        (CALIBRATION_KEY, torch.zeros(4, 1, 30, 30),
+         r"calibration\.crops has shape \(4, 1, 30, 30\), expected \(N, 1, 32, 32\)"),
+        ("fc.9.weight", torch.zeros(2), r"unexpected keys \(1\): fc\.9\.weight"),
+    ):
+        save_file(model.state_dict() | {name: extra}, str(path))
+        card_path(path).write_text(json.dumps(meta | {"weights_sha256": _sha256(path)}))
+        with pytest.raises(ModelFileError, match=expected):
+            load_model(path)
+    # Saving again without crops drops them and their card entry.
+    save_model(model, path, card)
+    assert load_model(path)[2] is None and "calibration" not in load_model(path)[1]
+
+
+def test_calibration_crops_take_both_classes_even_when_one_is_rare():
+    rng = np.random.default_rng(0)
+    crops = [rng.normal(0, 1, (30, 30)) for _ in range(100)]
+    labels = np.array([1] * 10 + [0] * 90)
+    picked = calibration_crops(crops, labels, 32, n=40)
+    assert picked.shape == (40, 1, 32, 32) and picked.dtype == torch.float16
+    every = prepare(crops, 32).half()
+    index = [int(torch.nonzero((every == c).flatten(1).all(1))[0]) for c in picked]
+    assert len(set(index)) == 40 and sum(labels[index]) == 10  # every CTC, then WBCs
+
+
+def test_config_precision(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("classifier:\n  precision: int8\n")
+    assert load_config(path).classifier.precision == "int8"
+    path.write_text("classifier:\n  precision: int4\n")
+    with pytest.raises(ConfigError, match=r"classifier\.precision.*'int4'.*'float32' or 'int8'"):
+        load_config(path)
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

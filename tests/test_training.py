@@ -100,6 +100,9 @@ def test_train_learns_writes_every_report_and_evaluates(synthetic_dataset, tmp_p
     card = json.loads((run / "model.json").read_text())
     assert card["training_data"]["per_class"] == {"WBC": 70, "CTC": 30}
     assert card["cv_metrics"]["mean"]["accuracy"] == metrics["mean"]["accuracy"]
+    # Every crop (fewer than 256) calibrates int8 inference.
+    assert card["calibration"] == {"crops": 100, "source": "training data",
+                                   "tensor": "calibration.crops"}
     assert "fold CV" in capsys.readouterr().out
 
     out = tmp_path / "eval"
@@ -108,6 +111,14 @@ def test_train_learns_writes_every_report_and_evaluates(synthetic_dataset, tmp_p
     evaluated = json.loads((out / "metrics.json").read_text())
     assert evaluated["accuracy"] > 0.85 and (out / "roc.png").is_file()
     assert "balanced accuracy" in capsys.readouterr().out
+
+    out8 = tmp_path / "eval8"
+    assert main(["evaluate", "--model", str(run / "model.safetensors"), "--data",
+                 str(synthetic_dataset), "--out", str(out8), "--precision", "int8"]) == 0
+    evaluated8 = json.loads((out8 / "metrics.json").read_text())
+    assert evaluated8["precision"] == "int8"
+    assert abs(evaluated8["accuracy"] - evaluated["accuracy"]) <= 0.03  # 3 crops of 100
+    assert "int8: accuracy" in capsys.readouterr().out
 
 
 def test_training_is_deterministic_with_a_seed(synthetic_dataset):

@@ -30,10 +30,12 @@ MAX_BEHIND_NS = 100_000_000
 
 
 def sleep_until(deadline_ns: int) -> None:
-    """Sleep to within ~0.1 ms of ``deadline_ns``, then spin the rest for a precise edge."""
-    while (left := deadline_ns - time.monotonic_ns()) > 0:
-        if left > 300_000:
-            time.sleep((left - 200_000) / 1e9)
+    """Sleep until ``deadline_ns`` (the OS wakes us ~0.1 ms late). Never spin: a spinning
+    thread holds the interpreter lock the pipeline's threads need; the frame's exposure
+    time is stamped from the schedule, not from this wake-up."""
+    left = deadline_ns - time.monotonic_ns()
+    if left > 0:
+        time.sleep(left / 1e9)
 
 
 class _StreamingCamera(CameraDevice):

@@ -1,6 +1,7 @@
 """Cell classification: CTC or WBC from a bright-field crop.
 
-``load_classifier(path, device)`` gives a :class:`Classifier` with ``predict(crops)`` → P(CTC);
+``load_classifier(path, device, precision)`` gives a :class:`Classifier` with ``predict(crops)``
+→ P(CTC), in float32 or int8 (CPU);
 :class:`BatchClassifier` is the live stage that batches crops across frames.
 """
 

@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,14 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctc_live.classification.modelfile import load_model
+from ctc_live.classification.modelfile import ModelFileError, load_model
 from ctc_live.classification.networks import fuse_batchnorm, prepare
+from ctc_live.classification.quantisation import quantise
 from ctc_live.errors import CtcLiveError
 
 log = logging.getLogger(__name__)
 
 # Largest number of crops sent through the network at once by predict(); bounds memory.
 CHUNK = 512
+PRECISIONS = ("float32", "int8")
 
 
 @contextmanager
@@ -47,17 +50,41 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class Classifier:
-    """A network ready for inference: BatchNorm folded, channels-last, eval mode."""
+def int8_device(device: str) -> torch.device:
+    """int8 runs on the CPU only: "auto" means the CPU, an explicit "cuda" is refused."""
+    if device == "cuda":
+        raise CtcLiveError("classifier precision int8 runs on the CPU only: use device cpu "
+                           "(or auto), or precision float32 on the GPU")
+    return resolve_device("cpu" if device == "auto" else device)
 
-    def __init__(self, model: nn.Module, card: dict, device: str = "auto"):
+
+class Classifier:
+    """A network ready for inference, in eval mode.
+
+    float32: BatchNorm folded, channels-last, on ``device``. int8: statically quantised on the
+    CPU from ``calibration`` (prepared crops, see :mod:`~ctc_live.classification.quantisation`).
+    """
+
+    def __init__(self, model: nn.Module, card: dict, device: str = "auto",
+                 precision: str = "float32", calibration: torch.Tensor | None = None):
+        if precision not in PRECISIONS:
+            raise CtcLiveError(f"unknown classifier precision {precision!r}: expected "
+                               f"{' or '.join(PRECISIONS)}")
         self.card = card
-        self.device = resolve_device(device)
+        self.precision = precision
         self.input_size = int(card["input_size"])
         self.normalisation = card["normalisation"]
         self.threshold = float(card["threshold"])
-        self.model = fuse_batchnorm(model.eval()).to(self.device)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        if precision == "int8":
+            if calibration is None:
+                raise CtcLiveError("int8 needs calibration crops to quantise the network")
+            self.device = int8_device(device)
+            self.model = quantise(model, calibration, self.normalisation)
+        else:
+            self.device = resolve_device(device)
+            self.model = fuse_batchnorm(model.eval()).to(self.device)
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = _traced(self.model, self.input_size, self.normalisation, self.device)
 
     def predict(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """Crops (N, h, w) float or integer, or a list of crops of any sizes → P(CTC), (N,)."""
@@ -67,12 +94,14 @@ class Classifier:
             for start in range(0, len(x), CHUNK):
                 batch = x[start:start + CHUNK].to(self.device)
                 batch = batch.contiguous(memory_format=torch.channels_last)
-                p = torch.softmax(self.model(batch).float(), dim=1)[:, 1]
-                out[start:start + len(batch)] = p.cpu().numpy()
+                out[start:start + len(batch)] = self._forward(batch).cpu().numpy()
         return out
 
     def features(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
-        """The penultimate-layer features (for t-SNE maps)."""
+        """The penultimate-layer features (for t-SNE maps); float32 only."""
+        if self.precision != "float32":
+            raise CtcLiveError("classifier features need the float32 network: load the model "
+                               "with precision float32")
         x = prepare(crops, self.input_size, self.normalisation)
         with torch.inference_mode():
             return np.concatenate([
@@ -81,11 +110,38 @@ class Classifier:
             ]) if len(x) else np.zeros((0, 0), np.float32)
 
 
-def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
-    model, card = load_model(Path(path))
-    log.info("classifier %s: %s, input %d px, threshold %.2f", path, card["architecture"],
-             card["input_size"], card["threshold"])
-    return Classifier(model, card, device)
+class _PCtc(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x).float(), dim=1)[:, 1]
+
+
+def _traced(model: nn.Module, size: int, normalisation: dict, device: torch.device):
+    """network + softmax → P(CTC) as a frozen TorchScript graph. It runs without the Python
+    interpreter lock (the live pipeline's other threads keep it) and without the per-module
+    Python calls, which cost more than the compact network's arithmetic on small batches."""
+    example = prepare(np.zeros((2, size, size), np.float32), size, normalisation).to(device)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        return torch.jit.freeze(torch.jit.trace(_PCtc(model).eval(), example))
+
+
+def load_classifier(path: str | Path, device: str = "auto",
+                    precision: str = "float32") -> Classifier:
+    model, card, calibration = load_model(Path(path))
+    if precision == "int8" and calibration is None:
+        raise ModelFileError(
+            f"{path}: no calibration crops in this model file, and int8 needs them; retrain "
+            "with `ctc-live train` (which stores them), add crops of its training data with "
+            "ctc_live.training.run.add_calibration(model_file, training_data_dir), or use "
+            "precision float32"
+        )
+    log.info("classifier %s: %s, input %d px, threshold %.2f, %s", path, card["architecture"],
+             card["input_size"], card["threshold"], precision)
+    return Classifier(model, card, device, precision, calibration)
 
 
 @dataclass(slots=True)

@@ -4,7 +4,8 @@ The card is plain JSON a person can read (architecture, input size, normalisatio
 threshold, training data, metrics, date, version) and carries the SHA-256 of the weights
 file, so a card paired with the wrong or a modified weights file is refused. Nothing is ever
 unpickled: weights are safetensors, and ImageNet checkpoints in ``.pth`` form are read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. Beside the weights, the file may hold the crops that
+calibrate int8 inference (``calibration.crops``, see :mod:`ctc_live.classification.quantisation`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 
 import ctc_live
 from ctc_live.classification.networks import ARCHITECTURES, CLASSES, INPUT_SIZE, build_network
+from ctc_live.classification.quantisation import CALIBRATION_KEY
 from ctc_live.errors import CtcLiveError
 
 log = logging.getLogger(__name__)
@@ -41,13 +43,24 @@ def card_path(weights: Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def save_model(model: nn.Module, path: Path, card: dict) -> Path:
-    """Write ``path`` (.safetensors) and its card ``<stem>.json``; returns the card's path."""
+def save_model(model: nn.Module, path: Path, card: dict,
+               calibration: torch.Tensor | None = None,
+               calibration_source: str = "training data") -> Path:
+    """Write ``path`` (.safetensors) and its card ``<stem>.json``; returns the card's path.
+
+    ``calibration``: prepared crops (N, 1, s, s) for int8 inference, stored as float16 and
+    recorded in the card with ``calibration_source``.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CtcLiveError(f"{path}: model files must end in .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    card = {k: v for k, v in card.items() if k != "calibration"}
+    if calibration is not None:
+        state[CALIBRATION_KEY] = calibration.detach().cpu().half().contiguous()
+        card["calibration"] = {"crops": len(calibration), "source": calibration_source,
+                               "tensor": CALIBRATION_KEY}
     save_file(state, str(path), metadata={"format": CARD_FORMAT})
     full = {
         "format": CARD_FORMAT,
@@ -65,8 +78,9 @@ def save_model(model: nn.Module, path: Path, card: dict) -> Path:
     return cpath
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict]:
-    """Read a model file and its card; every failure names the file and what is wrong."""
+def load_model(path: Path) -> tuple[nn.Module, dict, torch.Tensor | None]:
+    """Read a model file and its card → (network, card, calibration crops or None); every
+    failure names the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
@@ -85,10 +99,16 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
             f"≠ {card['weights_sha256'][:12]}…): the file was changed or the card belongs to "
             "another model"
         )
+    calibration = state.pop(CALIBRATION_KEY, None)
     model = build_network(card["architecture"])
     _check_keys(model.state_dict(), state, path)
+    size = card["input_size"]
+    if calibration is not None and (calibration.ndim != 4 or len(calibration) == 0
+                                    or tuple(calibration.shape[1:]) != (1, size, size)):
+        raise ModelFileError(f"{path}: {CALIBRATION_KEY} has shape {tuple(calibration.shape)}, "
+                             f"expected (N, 1, {size}, {size})")
     model.load_state_dict(state)
-    return model, card
+    return model, card, calibration
 
 
 def read_card(path: Path) -> dict:

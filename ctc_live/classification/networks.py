@@ -202,12 +202,16 @@ def prepare(crops: np.ndarray | Sequence[np.ndarray], size: int,
         return x.new_zeros((0, _channels(normalisation), size, size))
     mean = x.mean(dim=(2, 3), keepdim=True)
     std = x.std(dim=(2, 3), keepdim=True, unbiased=False)
-    x = (x - mean) / (std + STANDARDISE_EPS)
+    return to_channels((x - mean) / (std + STANDARDISE_EPS), normalisation)
+
+
+def to_channels(z: torch.Tensor, normalisation: dict | None) -> torch.Tensor:
+    """Standardised one-channel crops (N, 1, s, s) → the network's input channels."""
     affine = (normalisation or {}).get("channel_affine")
     if affine:
-        a = torch.tensor(affine, dtype=x.dtype)
-        x = x * a[:, 0].view(1, -1, 1, 1) + a[:, 1].view(1, -1, 1, 1)
-    return x.contiguous()
+        a = torch.tensor(affine, dtype=z.dtype)
+        z = z * a[:, 0].view(1, -1, 1, 1) + a[:, 1].view(1, -1, 1, 1)
+    return z.contiguous()
 
 
 def _channels(normalisation: dict | None) -> int:

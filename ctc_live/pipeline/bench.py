@@ -1,10 +1,14 @@
 """`ctc-live bench pipeline`: the highest frame rate the whole pipeline sustains without a
-drop, and its latencies, on the simulated rig, with the compact model and the ResNet-50."""
+drop, and its latencies, on the simulated rig: with the compact model, with the compact model
+while the dashboard window (offscreen) watches the run, and with the ResNet-50."""
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 from ctc_live.bench import BenchOptions, Figure, benchmark
@@ -15,12 +19,25 @@ log = logging.getLogger(__name__)
 RATES_FPS = (50, 100, 150, 200, 300, 400, 600)
 
 
-def run_once(config, seconds: float, classifier=None) -> dict:
+def run_once(config, seconds: float, classifier=None, dashboard: bool = False) -> dict:
+    """One run of ``seconds``; with ``dashboard``, the window (offscreen) watches it."""
     from ctc_live.pipeline import Pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = Pipeline(config, Path(tmp), classifier=classifier).start()
-        pipeline.wait(seconds)
+        if not dashboard:
+            pipeline.wait(seconds)
+            return pipeline.stop()
+        from ctc_live.dashboard import run_dashboard
+
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # read by the window's process
+        runner = threading.Thread(target=lambda: (pipeline.wait(seconds), pipeline.stop()))
+        runner.start()
+        status = run_dashboard(pipeline, config)
+        pipeline.request_stop()
+        runner.join()
+        if status == 2:
+            raise RuntimeError("the dashboard window could not be shown (see the log)")
         return pipeline.stop()
 
 
@@ -34,12 +51,13 @@ def lossless(summary: dict) -> bool:
     )
 
 
-def sustained(config_file, seconds: float, classifier=None, label: str = "") -> list[Figure]:
+def sustained(config_file, seconds: float, classifier=None, label: str = "",
+              dashboard: bool = False) -> list[Figure]:
     """Step up the frame rate until the pipeline drops; report the last lossless rate."""
     best, best_summary = 0, None
     for fps in RATES_FPS:
         config = load_config(config_file, overrides={"camera.fps": fps, "sorter.enabled": False})
-        summary = run_once(config, seconds, classifier)
+        summary = run_once(config, seconds, classifier, dashboard)
         ok = lossless(summary)
         log.info("%s %d fps for %.0f s: %s", label, fps, seconds, "lossless" if ok else "drops")
         if not ok:
@@ -75,10 +93,15 @@ def bench_pipeline(options: BenchOptions) -> list[Figure]:
         Figure("default run: purity", truth.get("purity") or 0.0, "fraction"),
     ]
     compact = sustained(options.config_file, seconds, label="compact")
+    # The same sweep with the dashboard watching: its refresh should cost the run nothing.
+    watched = sustained(options.config_file, seconds, label="compact + dashboard",
+                        dashboard=True)
+    watched[0] = replace(watched[0], baseline=compact[0].value, baseline_name="no dashboard")
     # The ResNet-50's speed does not depend on its weights: an untrained one is timed.
     config = load_config(options.config_file)
     card = {"architecture": "resnet50", "input_size": INPUT_SIZE["resnet50"],
             "normalisation": normalisation_card("resnet50", imagenet=False), "threshold": 0.5}
     resnet = Classifier(build_network("resnet50"), card, config.classifier.device)
-    figures += compact + sustained(options.config_file, seconds, resnet, label="resnet50")
+    figures += compact + watched + sustained(options.config_file, seconds, resnet,
+                                            label="resnet50")
     return figures

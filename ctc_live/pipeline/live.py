@@ -2,21 +2,22 @@
 
 Threads (each owns its counters; views read them through :meth:`Pipeline.snapshot`):
 
-    acquisition ──frames (bounded)──▶ segmentation ──crops (bounded)──▶ classifier
-                                           │                               │
-                                           └──observations──▶ decision ◀──scores
-                                                                  │
-                                                      sorter (FIRE) + run store
+    acquisition ──frames (shared-memory ring)──▶ segmentation ──crops (bounded)──▶ classifier
+                                                      │                               │
+                                                      └──observations──▶ decision ◀──scores
+                                                                             │
+                                                                 sorter (FIRE) + run store
 
-A full frame or crop queue drops with a counted reason; nothing waits for a slow stage but
-the end of the run, which drains every queue so that every frame is accounted for.
+Segmentation and tracking run in a process of their own (see ``segmenting``): in this one
+they competed with the other threads for the interpreter lock. A full frame ring or crop
+queue drops with a counted reason; nothing waits for a slow stage but the end of the run,
+which drains every stage so that every frame is accounted for.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from pathlib import Path
@@ -79,6 +80,7 @@ class Pipeline:
         self.recorder = None
         self.sorter = None
         self.camera = None
+        self.segmentation = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -87,7 +89,7 @@ class Pipeline:
         try:
             return self._start()
         except BaseException:
-            for part in (self.sorter, self.camera):
+            for part in (self.sorter, self.camera, self.segmentation):
                 if part is not None:
                     part.close()
             self.store.set("status", "failed to start")
@@ -110,7 +112,7 @@ class Pipeline:
         self.camera = self._camera or open_camera(config)
         simulated = self.camera.scene is not None
         classifier = self._classifier or load_classifier(
-            config.classifier.model, config.classifier.device
+            config.classifier.model, config.classifier.device, config.classifier.precision
         )
         # The first inference loads torch's kernels (up to seconds): not while frames wait.
         size = config.segmentation.crop_size
@@ -130,11 +132,9 @@ class Pipeline:
             threads=config.classifier.threads,
             results=self.decider.inbox,
         )
-        self.frames: queue.Queue = queue.Queue(maxsize=config.pipeline.frame_queue)
         self.segmentation = SegmentationStage(
             config,
             self._segmenter or FlowSegmenter(config),
-            self.frames,
             self.batcher,
             self.decider.inbox,
             lambda track_id: self.decider.states.get(track_id, "pending"),
@@ -143,7 +143,7 @@ class Pipeline:
             self.recorder = self._open_recorder()
         # Polling every 1 ms costs little latency at 200 fps and leaves the CPU to the stages.
         self.acquisition = Acquisition(
-            self.camera, self.frames, recorder=self.recorder, poll_s=0.001
+            self.camera, self.segmentation.frames, recorder=self.recorder, poll_s=0.001
         )
         self.decider.start()
         self.batcher.start()

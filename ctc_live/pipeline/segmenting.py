@@ -1,29 +1,43 @@
-"""The segmentation thread: frames → detections → tracks → crops to score.
+"""The segmentation stage: frames → detections → tracks → observations and crops to score.
 
-Tracking runs here, right after segmentation, because it is cheap and needs frames in order.
-Each detection becomes an :class:`Observation` for the decision thread; the crops worth
-scoring (inside the frame, up to the per-track maximum) also go to the classifier. A full
-classifier queue drops the crop, counts it, and tells the decision thread not to wait.
+Segmentation and tracking run in a process of their own (:func:`analysis_loop`). In the
+pipeline's process they shared the interpreter lock with the camera, classifier and
+decision threads and got through ~110 frames/s on two cores, where alone they take ~3.3 ms a
+frame. Frames reach the process through shared memory (:mod:`ctc_live.shared_frames`); one
+result per frame comes back over a pipe. Tracking runs right after segmentation because it is
+cheap and needs frames in order.
+
+In the pipeline's process this stage's thread turns each result into an :class:`Observation`
+per detection for the decision thread (one message per frame) and submits the crops still
+worth scoring to the classifier. A full classifier queue drops the crop, counts it, and tells
+the decision thread not to wait for it.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
+import traceback
+from dataclasses import dataclass
 
 import numpy as np
 
 from ctc_live.config import Config
+from ctc_live.errors import CtcLiveError
 from ctc_live.pipeline.messages import Observation, ScoreDropped, TrackEnded
 from ctc_live.pipeline.snapshot import CellView
 from ctc_live.pipeline.stats import LatencyHistogram, RateMeter
+from ctc_live.shared_frames import FrameReader, FrameWriter, RingSpec
 from ctc_live.tracking import FlowModel, Tracker
 
 log = logging.getLogger(__name__)
 
 END_OF_STREAM = None
+START_TIMEOUT_S = 60.0  # the process imports numpy, OpenCV and the package
 
 
 def flow_model(config: Config) -> FlowModel:
@@ -33,110 +47,301 @@ def flow_model(config: Config) -> FlowModel:
     )
 
 
-class SegmentationStage:
-    def __init__(
-        self, config: Config, segmenter, frames: queue.Queue, classifier, decisions, decided
-    ):
-        self.config = config
+@dataclass(slots=True)
+class Detection:
+    """One cell in one frame, linked to its track (analysis process → stage)."""
+
+    track_id: int
+    x_um: float  # on the track's fitted line: the trigger extrapolates from it
+    y_um: float
+    diameter_um: float
+    velocity_um_s: float
+    leaving: bool  # the cell will be out of the field by the next frame
+    x_px: float
+    y_px: float
+    bbox: tuple[int, int, int, int]  # x, y, width, height in px
+    crop: np.ndarray | None  # inside the frame and among the track's first crops
+
+
+@dataclass(slots=True)
+class FrameResult:
+    number: int
+    segmented_ns: int
+    detections: list[Detection]
+    ended: list[tuple[int, int]]  # (track id, frame of its last detection)
+
+
+class FrameAnalyser:
+    """Segment one frame and link its cells to tracks."""
+
+    def __init__(self, config: Config, segmenter):
+        cam, tracking = config.camera, config.tracking
         self.segmenter = segmenter
-        self.frames = frames
+        field_width_um = cam.width * cam.pixel_size_um
+        self.tracker = Tracker(
+            flow_model(config), field_width_um, tracking.link_tolerance_um,
+            tracking.max_missed_frames,
+        )
+        self.frame_interval_s = 1 / cam.fps
+        self.leave_at_um = field_width_um - tracking.decide_margin_um
+        self.max_crops = tracking.max_crops_per_track
+        self._crops: dict[int, int] = {}
+
+    def process(self, image: np.ndarray, number: int, camera_time_ms: float) -> FrameResult:
+        cells = self.segmenter.process(image, number)
+        segmented_ns = time.monotonic_ns()
+        # Time along the camera's own clock: the same recording tracks the same at any speed.
+        t_s = camera_time_ms / 1000
+        x = np.fromiter((c.x_um for c in cells), float, len(cells))
+        y = np.fromiter((c.y_um for c in cells), float, len(cells))
+        inside = np.fromiter((not c.touches_edge for c in cells), bool, len(cells))
+        update = self.tracker.update(number, t_s, x, y, reliable=inside)
+        flow = self.tracker.flow
+        detections = []
+        for cell, track_id in zip(cells, update.track_ids.tolist()):
+            track = self.tracker.active[track_id]
+            velocity = track.velocity(flow)
+            x_um = track.predict_x(t_s, flow)
+            sent = self._crops.get(track_id, 0)
+            crop = None
+            if not cell.touches_edge and sent < self.max_crops:
+                crop = cell.crop
+                self._crops[track_id] = sent + 1
+            detections.append(Detection(
+                track_id, x_um, cell.y_um, cell.diameter_um, velocity,
+                x_um + velocity * self.frame_interval_s > self.leave_at_um,
+                cell.x_px, cell.y_px, cell.bbox, crop,
+            ))
+        for track in update.ended:
+            self._crops.pop(track.id, None)
+        return FrameResult(number, segmented_ns, detections,
+                           [(track.id, number) for track in update.ended])
+
+    def finish(self) -> list[tuple[int, int]]:
+        """End every track (the stream stopped)."""
+        return [(track.id, track.frames[-1]) for track in self.tracker.finish()]
+
+
+def analysis_loop(config_data: dict, segmenter, ring: RingSpec, results) -> None:
+    """The analysis process: frames from the ring → FrameResult per frame on ``results``.
+
+    After a failure every later frame is answered ("failed", number, None), so that the
+    pipeline counts it; the first carries the error.
+    """
+    import cv2
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pipeline's process handles Ctrl-C
+    # One OpenCV thread: a frame's operations are too small to split well, and the second
+    # thread's hand-overs cost more CPU than they save (1.9 vs 3.0+ ms a frame measured),
+    # CPU the camera and the classifier need.
+    cv2.setNumThreads(1)
+    frames = FrameReader(ring)
+    try:
+        analyser = FrameAnalyser(Config.model_validate(config_data), segmenter)
+        results.send("ready")
+        failed = False
+        while (item := frames.get()) is not None:
+            slot, (number, camera_time_ms), image = item
+            if failed:
+                frames.release(slot)
+                results.send(("failed", number, None))
+                continue
+            try:
+                result = analyser.process(image, number, camera_time_ms)
+            except Exception as exc:
+                failed = True
+                results.send(("failed", number, "".join(
+                    traceback.format_exception_only(type(exc), exc)).strip()))
+                results.send(("traceback", traceback.format_exc()))
+                continue
+            finally:
+                frames.release(slot)
+            results.send(result)
+        results.send(("end", [] if failed else analyser.finish()))
+    except (EOFError, BrokenPipeError):  # the pipeline's process is gone
+        pass
+    finally:
+        frames.close()
+
+
+class SegmentationStage:
+    """Runs the analysis process and, in a thread here, passes its results on.
+
+    ``frames`` is what the acquisition thread writes to (``put_nowait``/``put`` of a Frame,
+    ``queue.Full`` when the process is behind and the ring is full).
+    """
+
+    def __init__(self, config: Config, segmenter, classifier, decisions, decided):
+        self.config = config
         self.classifier = classifier  # .submit(key, crop) -> bool
         self.decisions = decisions  # queue.Queue of the decision thread
         self.decided = decided  # track id -> "pending" | decision, read without locks
-        cam = config.camera
-        self.field_width_um = cam.width * cam.pixel_size_um
-        self.frame_interval_s = 1 / cam.fps
-        self.tracker = Tracker(
-            flow_model(config),
-            self.field_width_um,
-            config.tracking.link_tolerance_um,
-            config.tracking.max_missed_frames,
-        )
         self.processed = RateMeter()
         self.crops_dropped = 0
         self.detections = 0
         self.latency = LatencyHistogram()  # popped from the camera → segmented and tracked
         self.latest: tuple = (None, ())  # (Frame, tuple[CellView]) for views
         self.first_frame = None
-        self._crops: dict[int, int] = {}
-        self._thread = threading.Thread(target=self._run, name="segmentation", daemon=True)
-        self.error: BaseException | None = None
+        self.error: str | None = None
         self.failed_frames = 0  # taken after (or by) a failure, never processed
+        self._crops: dict[int, int] = {}
+        cam = config.camera
+        ctx = mp.get_context("spawn")  # never fork a process that runs threads
+        self.frames = FrameQueue(FrameWriter(ctx, (cam.height, cam.width),
+                                             config.pipeline.frame_queue))
+        self._results, self._results_w = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(
+            target=analysis_loop,
+            args=(config.model_dump(mode="json"), segmenter, self.frames.writer.spec,
+                  self._results_w),
+            name="segmentation",
+            daemon=True,
+        )
+        self._thread = threading.Thread(target=self._run, name="segmentation", daemon=True)
 
     def start(self) -> SegmentationStage:
+        """Start the process and wait until it is ready for frames."""
+        self._process.start()
+        # The child has its own copies now; without ours, a dead child breaks the pipes
+        # (an error here) instead of leaving them to fill up and block the camera thread.
+        for end in (self.frames.writer.spec.ready, self.frames.writer.spec.free, self._results_w):
+            end.close()
+        if not self._results.poll(START_TIMEOUT_S):
+            raise CtcLiveError(f"the segmentation process did not start in {START_TIMEOUT_S:g} s")
+        try:
+            message = self._results.recv()
+        except EOFError:
+            message = None
+        if message != "ready":
+            raise CtcLiveError(
+                f"the segmentation process failed to start (exit code {self._process.exitcode})"
+            )
         self._thread.start()
         return self
 
     def join(self) -> None:
-        """Wait for the end of the stream (END_OF_STREAM put on the frame queue); a failure
+        """Wait for the end of the stream (END_OF_STREAM written to ``frames``); a failure
         is kept in ``error`` for the run's summary."""
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
+        self._process.join(5.0)
+        if self._process.is_alive():
+            self._process.terminate()
+        self.frames.writer.close()
+
+    def close(self) -> None:
+        """Stop the process without a stream (a start that failed)."""
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5.0)
+        self.frames.writer.close()
 
     def _run(self) -> None:
-        try:
-            while (frame := self.frames.get()) is not END_OF_STREAM:
-                self.process(frame)
-            last, _ = self.latest
-            now = time.monotonic_ns()
-            for track in self.tracker.finish():
-                exposure_ns = last.exposure_ns if last is not None else now
-                self.decisions.put(TrackEnded(track.id, track.frames[-1], exposure_ns, now))
-        except Exception as exc:
-            log.exception("segmentation thread failed")
-            self.error = exc
-            # Keep taking frames so the camera never waits; each one is counted as dropped.
-            self.failed_frames = 1
-            while self.frames.get() is not END_OF_STREAM:
+        while True:
+            try:
+                message = self._results.recv()
+            except EOFError:
+                self._fail("the segmentation process ended unexpectedly "
+                           f"(exit code {self._process.exitcode})")
+                self.failed_frames += len(self.frames.pending)
+                self.frames.pending.clear()
+                return
+            if isinstance(message, FrameResult):
+                self._pass_on(self.frames.pending.pop(message.number), message)
+                continue
+            kind, *rest = message
+            if kind == "failed":
+                number, error = rest
+                self.frames.pending.pop(number, None)
                 self.failed_frames += 1
+                if error is not None:
+                    self._fail(error)
+            elif kind == "traceback":
+                log.error("segmentation process failed:\n%s", rest[0])
+            elif kind == "end":
+                self._end_tracks(rest[0])
+                return
 
-    def process(self, frame) -> None:
+    def _fail(self, error: str) -> None:
+        if self.error is None:
+            log.error("segmentation failed: %s", error)
+            self.error = error
+
+    def _end_tracks(self, ended: list[tuple[int, int]]) -> None:
+        last, _ = self.latest
+        now = time.monotonic_ns()
+        exposure_ns = last.exposure_ns if last is not None else now
+        self.decisions.put([TrackEnded(track_id, frame, exposure_ns, now)
+                            for track_id, frame in ended])
+
+    def _pass_on(self, frame, result: FrameResult) -> None:
         if self.first_frame is None:
             self.first_frame = frame
-        cells = self.segmenter.process(frame.image, frame.number)
-        segmented_ns = time.monotonic_ns()
-        # Time along the camera's own clock: the same recording tracks the same at any speed.
-        t_s = frame.camera_time_ms / 1000
-        x = np.fromiter((c.x_um for c in cells), float, len(cells))
-        y = np.fromiter((c.y_um for c in cells), float, len(cells))
-        inside = np.fromiter((not c.touches_edge for c in cells), bool, len(cells))
-        update = self.tracker.update(frame.number, t_s, x, y, reliable=inside)
-        views = []
-        margin = self.config.tracking.decide_margin_um
-        max_crops = self.config.tracking.max_crops_per_track
-        for cell, track_id in zip(cells, update.track_ids.tolist()):
-            track = self.tracker.active[track_id]
-            velocity = track.velocity(self.tracker.flow)
-            # The fitted line, not the raw centroid: the trigger extrapolates from it.
-            x_um = track.predict_x(t_s, self.tracker.flow)
-            next_x = x_um + velocity * self.frame_interval_s
-            crop_index = self._crops.get(track_id, 0)
+        segmented_ns = result.segmented_ns
+        messages, to_score, views = [], [], []
+        for d in result.detections:
+            crop_index = self._crops.get(d.track_id, 0)
             # A decided cell needs no more evidence: its crops would only load the classifier.
-            scored = (
-                not cell.touches_edge
-                and crop_index < max_crops
-                and self.decided(track_id) == "pending"
-            )
+            scored = d.crop is not None and self.decided(d.track_id) == "pending"
             obs = Observation(
-                track_id, frame.number, frame.exposure_ns, segmented_ns, frame.scene_time_s,
-                x_um, cell.y_um, cell.diameter_um, velocity,
-                leaving=next_x > self.field_width_um - margin,
-                crop=cell.crop if scored else None,
+                d.track_id, frame.number, frame.exposure_ns, segmented_ns, frame.scene_time_s,
+                d.x_um, d.y_um, d.diameter_um, d.velocity_um_s, d.leaving,
+                crop=d.crop if scored else None,
                 crop_index=crop_index if scored else -1,
             )
-            # The decision thread must learn of the crop before its score can arrive.
-            self.decisions.put(obs)
+            messages.append(obs)
             if scored:
-                self._crops[track_id] = crop_index + 1
-                if not self.classifier.submit(obs, cell.crop):
-                    self.crops_dropped += 1
-                    self.decisions.put(ScoreDropped(track_id, crop_index))
-            bx, by, bw, bh = cell.bbox
-            views.append(CellView(track_id, cell.x_px, cell.y_px, (by, bx, by + bh, bx + bw),
+                self._crops[d.track_id] = crop_index + 1
+                to_score.append(obs)
+            bx, by, bw, bh = d.bbox
+            views.append(CellView(d.track_id, d.x_px, d.y_px, (by, bx, by + bh, bx + bw),
                                   "pending", None))
-        for track in update.ended:
-            self._crops.pop(track.id, None)
-            self.decisions.put(TrackEnded(track.id, frame.number, frame.exposure_ns, segmented_ns))
-        self.detections += len(cells)
+        for track_id, _ in result.ended:
+            self._crops.pop(track_id, None)
+            messages.append(TrackEnded(track_id, frame.number, frame.exposure_ns, segmented_ns))
+        # One message per frame (each put wakes the decision thread); it must learn of a
+        # crop before the crop's score can arrive.
+        if messages:
+            self.decisions.put(messages)
+        dropped = [ScoreDropped(obs.track_id, obs.crop_index) for obs in to_score
+                   if not self.classifier.submit(obs, obs.crop)]
+        if dropped:
+            self.crops_dropped += len(dropped)
+            self.decisions.put(dropped)
+        self.detections += len(result.detections)
         self.latency.add(segmented_ns - frame.popped_ns)
         self.latest = (frame, tuple(views))
         self.processed.total += 1
+
+
+class FrameQueue:
+    """The acquisition thread's side of the ring: ``put``/``put_nowait`` a Frame (None ends
+    the stream), as on a bounded queue. Frames in flight wait in ``pending`` by number, for
+    their timestamps and for views of the latest frame."""
+
+    def __init__(self, writer: FrameWriter):
+        self.writer = writer
+        self.pending: dict[int, object] = {}
+
+    def put_nowait(self, frame) -> None:
+        self._send(frame, self.writer.put_nowait)
+
+    def put(self, frame, timeout: float | None = None) -> None:
+        self._send(frame, lambda image, header: self.writer.put(image, header, timeout))
+
+    def _send(self, frame, send) -> None:
+        if frame is END_OF_STREAM:
+            try:
+                send(None, None)
+            except OSError:  # the process is gone; the stage has counted its frames
+                log.warning("segmentation process gone before the end of the stream")
+            return
+        self.pending[frame.number] = frame
+        try:
+            send(frame.image, (frame.number, frame.camera_time_ms))
+        except OSError:  # the process is gone: the frame is dropped like on a full queue
+            del self.pending[frame.number]
+            raise queue.Full from None
+        except BaseException:
+            del self.pending[frame.number]
+            raise

@@ -40,7 +40,7 @@ def build_summary(pipeline) -> dict:
         },
         "deadline_ms": pipeline.config.pipeline.deadline_ms,
         "camera_error": None if acq.error is None else str(acq.error),
-        "segmentation_error": None if seg.error is None else f"{type(seg.error).__name__}: {seg.error}",
+        "segmentation_error": seg.error,
     }
     if pipeline.recorder is not None:
         summary["recording"] = {"written": pipeline.recorder.written,

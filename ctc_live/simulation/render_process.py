@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import queue
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -40,15 +39,17 @@ class RenderProcess:
         self._shm = shared_memory.SharedMemory(create=True, size=size * SLOTS)
         self._slots = np.ndarray((SLOTS, *self.shape), np.uint16, buffer=self._shm.buf)
         ctx = mp.get_context("spawn")  # never fork a process that runs threads
-        self._free = ctx.Queue()
-        self._ready = ctx.Queue()
+        # Pipes, not multiprocessing queues: a queue's feeder thread would take the
+        # interpreter lock from the pipeline twice a frame.
+        free_r, self._free = ctx.Pipe(duplex=False)
+        self._ready, ready_w = ctx.Pipe(duplex=False)
         self._skip_to = ctx.Value("q", start_frame)
         for slot in range(SLOTS):
-            self._free.put(slot)
+            self._free.send(slot)
         self._process = ctx.Process(
             target=_render_loop,
             args=(config.model_dump(mode="json"), fps, self._shm.name, start_frame,
-                  self._free, self._ready, self._skip_to),
+                  free_r, ready_w, self._skip_to),
             name="scene-renderer",
             daemon=True,
         )
@@ -59,29 +60,28 @@ class RenderProcess:
         self._skip_to.value = k
         while True:
             timeout = START_TIMEOUT_S if self._first else FRAME_TIMEOUT_S
-            try:
-                item = self._ready.get(timeout=timeout)
-            except queue.Empty:
+            if not self._ready.poll(timeout):
                 raise CtcLiveError(
                     f"scene renderer gave no frame in {timeout:g} s "
                     f"(process {'alive' if self._process.is_alive() else 'dead'})"
-                ) from None
+                )
+            item = self._ready.recv()
             self._first = False
             if isinstance(item, str):
                 raise CtcLiveError(f"scene renderer failed: {item}")
             frame, slot = item
             if frame < k:  # rendered before the camera skipped ahead
-                self._free.put(slot)
+                self._free.send(slot)
                 continue
             if frame > k:
                 raise CtcLiveError(f"scene renderer is past frame {k} (at {frame})")
             image = self._slots[slot].copy()
-            self._free.put(slot)
+            self._free.send(slot)
             return image
 
     def close(self) -> None:
         if self._process.is_alive():
-            self._free.put(None)
+            self._free.send(None)
             self._process.join(2.0)
             if self._process.is_alive():
                 self._process.terminate()
@@ -103,13 +103,15 @@ def _render_loop(config_data, fps, shm_name, start_frame, free, ready, skip_to) 
         shape = (config.camera.height, config.camera.width)
         slots = np.ndarray((SLOTS, *shape), np.uint16, buffer=shm.buf)
         k = start_frame
-        while (slot := free.get()) is not None:
+        while (slot := free.recv()) is not None:
             k = max(k, skip_to.value)
             slots[slot] = scene.render(k / fps)
-            ready.put((k, slot))
+            ready.send((k, slot))
             k += 1
+    except EOFError:  # the camera's process is gone
+        pass
     except Exception as exc:  # reported to the camera, which ends the stream with it
-        ready.put(f"{type(exc).__name__}: {exc}")
+        ready.send(f"{type(exc).__name__}: {exc}")
     finally:
         slots = None  # the view must go before the memory it views
         shm.close()

@@ -91,6 +91,7 @@ class FlowScene:
 
         self._cells: list[Cell] = []
         self._t_enter: list[float] = []
+        self._t_gone: list[float] = []  # when each cell is past the field, sprite and all
         self._blocks = 0
         self._max_residence_s = 0.0
         self._sprites: dict[int, tuple[np.ndarray, int]] = {}
@@ -123,7 +124,8 @@ class FlowScene:
         self.generate_until(t_s)
         lo = bisect.bisect_left(self._t_enter, t_s - self._max_residence_s)
         hi = bisect.bisect_right(self._t_enter, t_s)
-        return self._cells[lo:hi]
+        # The window is as long as the slowest cell's crossing; most in it are long gone.
+        return [c for c, gone in zip(self._cells[lo:hi], self._t_gone[lo:hi]) if gone >= t_s]
 
     def _mean_profile(self) -> float:
         """Mean of the parabolic profile factor over the cells' lateral distribution."""
@@ -189,6 +191,7 @@ class FlowScene:
             self._cells.append(cell)
             self._t_enter.append(cell.t_enter_s)
             travel = self.width_um + d + 2 * ENTRY_MARGIN_UM + 20.0
+            self._t_gone.append(cell.t_enter_s + travel / v)
             self._max_residence_s = max(self._max_residence_s, travel / v)
 
     def set_exposure(self, exposure_s: float) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 
@@ -29,20 +31,24 @@ class FlowModel:
         centres = (self.edges[:-1] + self.edges[1:]) / 2
         self.velocity = self._poiseuille(centres, mean_velocity_um_s)
         self.samples = np.zeros(bins, dtype=np.int64)
+        self._edges = self.edges.tolist()
+        self._velocity = self.velocity.tolist()
 
     def _poiseuille(self, y: np.ndarray, mean: float) -> np.ndarray:
         r = (y - self.center_y_um) / (self.width_um / 2)
         return 1.5 * mean * np.maximum(1 - r**2, 0.15)
 
     def _bin(self, y_um: float) -> int:
-        return int(np.clip(np.searchsorted(self.edges, y_um) - 1, 0, len(self.velocity) - 1))
+        # bisect on a list: called per track per frame, where numpy's scalar calls cost µs.
+        return min(max(bisect.bisect_left(self._edges, y_um) - 1, 0), len(self._velocity) - 1)
 
     def expected(self, y_um: float) -> float:
-        return float(self.velocity[self._bin(y_um)])
+        return self._velocity[self._bin(y_um)]
 
     def learn(self, y_um: float, velocity_um_s: float) -> None:
         i = self._bin(y_um)
         # Early samples move the bin fast, later ones settle it.
         rate = max(self.learning_rate, 1.0 / (self.samples[i] + 2))
         self.velocity[i] += rate * (velocity_um_s - self.velocity[i])
+        self._velocity[i] = float(self.velocity[i])
         self.samples[i] += 1

@@ -147,24 +147,29 @@ class Tracker:
         self, tracks: list[Track], t_s: float, x_um: np.ndarray, y_um: np.ndarray
     ) -> dict[int, Track]:
         """Greedy assignment by normalised distance inside each track's gate."""
-        candidates = []
+        if not tracks or not len(x_um):
+            return {}
         tol = self.tolerance_um
-        for track in tracks:
-            v = track.velocity(self.flow)
-            dt = t_s - track.t_s[-1]
-            error = PRIOR_SPEED_ERROR if track.fit is None else FITTED_SPEED_ERROR
-            gate_x = tol + error * abs(v * dt)
-            dx = x_um - track.predict_x(t_s, self.flow)
-            dy = y_um - track.y_um[-1]
-            ok = (np.abs(dx) <= gate_x) & (np.abs(dy) <= tol) & (x_um >= track.x_um[-1] - tol)
-            for i in np.flatnonzero(ok):
-                candidates.append(((dx[i] / gate_x) ** 2 + (dy[i] / tol) ** 2, int(i), track))
-        candidates.sort(key=lambda c: c[0])
+        # Per track (rows): predicted x, gate along x, last x and y; then all pairs at once.
+        pred, gate, last_x, last_y = np.array([self._gate(track, t_s) for track in tracks]).T
+        dx = x_um[None, :] - pred[:, None]
+        dy = y_um[None, :] - last_y[:, None]
+        ok = ((np.abs(dx) <= gate[:, None]) & (np.abs(dy) <= tol)
+              & (x_um[None, :] >= last_x[:, None] - tol))
+        rows, cols = np.nonzero(ok)
+        cost = (dx[rows, cols] / gate[rows]) ** 2 + (dy[rows, cols] / tol) ** 2
         taken_tracks: set[int] = set()
         track_of: dict[int, Track] = {}
-        for _, i, track in candidates:
+        for k in np.argsort(cost, kind="stable").tolist():
+            i, track = int(cols[k]), tracks[rows[k]]
             if i in track_of or track.id in taken_tracks:
                 continue
             track_of[i] = track
             taken_tracks.add(track.id)
         return track_of
+
+    def _gate(self, track: Track, t_s: float) -> tuple[float, float, float, float]:
+        v = track.velocity(self.flow)
+        error = PRIOR_SPEED_ERROR if track.fit is None else FITTED_SPEED_ERROR
+        gate_x = self.tolerance_um + error * abs(v * (t_s - track.t_s[-1]))
+        return track.predict_x(t_s, self.flow), gate_x, track.x_um[-1], track.y_um[-1]

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from ctc_live.classification.inference import load_classifier, torch_threads
-from ctc_live.classification.modelfile import save_model
+from ctc_live.classification.modelfile import load_model, save_model
 from ctc_live.classification.networks import INPUT_SIZE
+from ctc_live.classification.quantisation import calibration_crops
 from ctc_live.logs import log_to_file
 from ctc_live.training.dataset import read_dataset
 from ctc_live.training.metrics import classification_metrics, mean_metrics
@@ -70,7 +71,9 @@ def _train(data_dir: Path, out_dir: Path, settings: TrainSettings, model_name: s
         "training": settings.to_dict() | {"final_best_epoch": final.best_epoch},
         "cv_metrics": {k: agg[k] for k in ("mean", "std")} | {"folds": settings.folds},
     }
-    save_model(final.model, model_path, card)
+    calibration = calibration_crops(ds.crops, ds.labels, INPUT_SIZE[settings.model],
+                                    seed=settings.seed)
+    save_model(final.model, model_path, card, calibration)
 
     metrics = {
         "model": settings.model,
@@ -102,13 +105,13 @@ def _train(data_dir: Path, out_dir: Path, settings: TrainSettings, model_name: s
 
 
 def evaluate(model_path: Path, data_dir: Path, out_dir: Path | None = None,
-             device: str = "auto") -> dict:
-    clf = load_classifier(model_path, device)
+             device: str = "auto", precision: str = "float32") -> dict:
+    clf = load_classifier(model_path, device, precision)
     ds = read_dataset(data_dir)
     p = clf.predict(ds.crops)
     m = classification_metrics(ds.labels, p, clf.threshold)
     result = {"model": str(model_path), "architecture": clf.card["architecture"],
-              "threshold": clf.threshold, "data": ds.summary(), **m}
+              "precision": precision, "threshold": clf.threshold, "data": ds.summary(), **m}
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +121,15 @@ def evaluate(model_path: Path, data_dir: Path, out_dir: Path | None = None,
         wrong = [ds.files[i] for i in np.flatnonzero((p >= clf.threshold) != ds.labels)]
         (out_dir / "misclassified.txt").write_text("\n".join(wrong) + "\n", encoding="utf-8")
     return result
+
+
+def add_calibration(model_path: Path, data_dir: Path, source: str | None = None) -> Path:
+    """Re-save a model file with int8 calibration crops drawn from ``data_dir`` (best its
+    training data); weights and card are kept. Returns the card's path."""
+    model, card, _ = load_model(Path(model_path))
+    ds = read_dataset(data_dir)
+    calibration = calibration_crops(ds.crops, ds.labels, card["input_size"])
+    return save_model(model, Path(model_path), card, calibration, source or str(data_dir))
 
 
 def _subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
