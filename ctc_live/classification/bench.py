@@ -25,7 +25,8 @@ ARCHS = ("compact", "resnet50")
 CALIBRATION_CROPS = 64
 
 
-def _classifier(arch: str, precision: str) -> Classifier:
+def untrained_classifier(arch: str, precision: str) -> Classifier:
+    """A randomly initialised network, ready for timing (speed does not depend on weights)."""
     size = INPUT_SIZE[arch]
     card = {"architecture": arch, "input_size": size, "threshold": 0.5,
             "normalisation": normalisation_card(arch, imagenet=False)}
@@ -53,7 +54,7 @@ def _measure(clf: Classifier, batch: int, seconds: float) -> tuple[float, float,
            "float32, batch 1-128")
 def bench_classifier(options: BenchOptions) -> list[Figure]:
     seconds = 0.5 if options.quick else 2.0
-    nets = {(arch, precision): _classifier(arch, precision)
+    nets = {(arch, precision): untrained_classifier(arch, precision)
             for arch in ARCHS for precision in ("float32", "int8")}
     float_device = nets["compact", "float32"].device.type
     figures = []

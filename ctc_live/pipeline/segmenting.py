@@ -94,8 +94,12 @@ class FrameAnalyser:
         t_s = camera_time_ms / 1000
         x = np.fromiter((c.x_um for c in cells), float, len(cells))
         y = np.fromiter((c.y_um for c in cells), float, len(cells))
-        inside = np.fromiter((not c.touches_edge for c in cells), bool, len(cells))
-        update = self.tracker.update(number, t_s, x, y, reliable=inside)
+        # Centroids of single cells inside the frame are good to ~0.3 µm; those cut by the edge
+        # or merged with a neighbour are off by µm (measured on the simulator), too much for a
+        # velocity the trigger extrapolates over a millimetre.
+        reliable = np.fromiter((c.single_cell and not c.touches_edge for c in cells), bool,
+                               len(cells))
+        update = self.tracker.update(number, t_s, x, y, reliable=reliable)
         flow = self.tracker.flow
         detections = []
         for cell, track_id in zip(cells, update.track_ids.tolist()):

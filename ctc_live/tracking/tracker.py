@@ -15,9 +15,10 @@ PRIOR_SPEED_ERROR = 0.3
 FITTED_SPEED_ERROR = 0.03
 
 
-# Observations the velocity fit uses: enough to average out centroid noise, few enough to
-# follow a cell that changes lane.
-FIT_POINTS = 8
+# Observations the velocity fit uses: in laminar flow a cell keeps its speed across the field,
+# so all of a crossing (up to this many) average out centroid noise; the trigger extrapolates
+# the fit over a millimetre.
+FIT_POINTS = 32
 
 
 @dataclass
@@ -38,7 +39,8 @@ class Track:
 
     def add(self, frame: int, t_s: float, x_um: float, y_um: float, reliable: bool = True) -> None:
         """Append an observation. Unreliable ones (a cell cut by the frame edge, whose
-        centroid is pulled inwards) are linked but fitted only while nothing better exists."""
+        centroid is pulled inwards, or merged with a neighbour) are linked but fitted only
+        while nothing better exists."""
         self.t_s.append(t_s)
         self.x_um.append(x_um)
         self.y_um.append(y_um)
@@ -106,7 +108,8 @@ class Tracker:
         reliable: np.ndarray | None = None,
     ) -> TrackerUpdate:
         """Link this frame's detections (positions in µm) to the active tracks;
-        ``reliable[i]`` False marks a position not to fit velocities on (cut by the edge)."""
+        ``reliable[i]`` False marks a position not to fit velocities on (cut by the edge, or
+        merged with a neighbour)."""
         tracks = list(self.active.values())
         track_of = self._assign(tracks, t_s, x_um, y_um)
         ids = np.zeros(len(x_um), dtype=np.int64)
