@@ -9,13 +9,17 @@ raises ``queue.Full``, like the bounded queue it stands in for.
 
 from __future__ import annotations
 
+import os
 import queue
+import shutil
 import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
 
 import numpy as np
+
+from ctc_live.errors import CtcLiveError
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,29 @@ class RingSpec:
     free: Connection  # reader → writer: slot numbers
 
 
+SHM_DIR = "/dev/shm"
+
+
+def create_shared_memory(nbytes: int, what: str) -> shared_memory.SharedMemory:
+    """A new block of ``nbytes``, refused clearly where the shared-memory filesystem is too
+    small: the block would be created anyway and the process killed (SIGBUS) on first use
+    (e.g. Docker's default 64 MB /dev/shm)."""
+    if os.path.isdir(SHM_DIR):
+        free = shutil.disk_usage(SHM_DIR).free
+        if free < nbytes:
+            raise CtcLiveError(
+                f"{what} needs {nbytes / 1e6:.0f} MB of shared memory but {SHM_DIR} has "
+                f"{free / 1e6:.0f} MB free (in Docker, run with e.g. --shm-size=512m)"
+            )
+    return shared_memory.SharedMemory(create=True, size=nbytes)
+
+
 class FrameWriter:
     """The writing end; create it, pass ``spec`` to the reading process."""
 
     def __init__(self, ctx, shape: tuple[int, int], slots: int):
-        self._shm = shared_memory.SharedMemory(create=True, size=slots * int(np.prod(shape)) * 2)
+        self._shm = create_shared_memory(slots * int(np.prod(shape)) * 2,
+                                         f"a ring of {slots} frames")
         self._slots = np.ndarray((slots, *shape), np.uint16, buffer=self._shm.buf)
         ready_r, self._ready = ctx.Pipe(duplex=False)
         self._free, free_w = ctx.Pipe(duplex=False)

@@ -168,3 +168,33 @@ def test_a_failing_stage_ends_the_run_with_its_error_in_the_summary(tmp_path):
     assert "RuntimeError: segmenter bug" in summary["segmentation_error"]
     assert summary["frames"]["unaccounted"] == 0
     assert read_run(tmp_path)["run"]["status"] == "finished"
+
+
+def wait_for(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_start_after_stop_begins_a_new_run(tmp_path):
+    from ctc_live.pipeline.session import RunSession
+    from ctc_live.pipeline.snapshot import Start, Stop
+
+    session = RunSession(sim_config(), tmp_path / "run")
+    first = session.start()
+    wait_for(lambda: first.snapshot().frames["processed"] > 50, 30)
+    session.send(Stop())
+    wait_for(first.stopped.is_set, 30)
+    session.send(Start())
+    wait_for(lambda: len(session.runs) == 2 and session.snapshot().running, 60)
+    second = session.current
+    wait_for(lambda: second.snapshot().frames["processed"] > 50, 30)
+    summaries = session.stop()
+    assert [run.run_dir.name for run in session.runs] == ["run", "run-2"]
+    for run, summary in zip(session.runs, summaries):
+        assert summary["frames"]["processed"] > 50 and summary["frames"]["unaccounted"] == 0
+        assert json.loads((run.run_dir / "summary.json").read_text()) == summary
+        assert read_run(run.run_dir)["run"]["status"] == "finished"
+    # The first run was written once and left alone.
+    assert summaries[0] == first.summary

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -71,34 +70,46 @@ def run_pipeline(config, args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = log_to_file(run_dir / "run.log")
     try:
-        pipeline = Pipeline(config, run_dir, record=args.record).start()
-        _stop_on_signals(pipeline)
         gui = not args.headless and config.dashboard.enabled and _display_available()
         if gui or args.screenshot is not None:
-            from ctc_live.dashboard import run_dashboard
-
-            # The run goes on in its own thread; the window (its own process) only watches
-            # and commands it, and sees it end when stop() has written the summary.
-            runner = threading.Thread(
-                target=lambda: (pipeline.wait(args.duration), pipeline.stop()), name="run"
-            )
-            runner.start()
-            run_dashboard(pipeline, config, screenshot=args.screenshot)
-            pipeline.request_stop()
-            runner.join()
+            runs = _run_with_dashboard(config, run_dir, args)
         else:
+            pipeline = Pipeline(config, run_dir, record=args.record).start()
+            _stop_on_signals(pipeline)
             pipeline.wait(args.duration, on_second=lambda s: print(status_line(s), flush=True))
-        summary = pipeline.stop()
-        print(json.dumps(summary, indent=2))
-        print(f"run directory: {run_dir}")
-        for failure in ("camera_error", "segmentation_error"):
-            if summary[failure]:
-                raise CtcLiveError(f"the run ended with a {failure.replace('_', ' ')}: "
-                                   f"{summary[failure]} (summary written in {run_dir})")
+            runs = [(run_dir, pipeline.stop())]
+        for directory, summary in runs:
+            print(json.dumps(summary, indent=2))
+            print(f"run directory: {directory}")
+        for directory, summary in runs:
+            for failure in ("camera_error", "segmentation_error"):
+                if summary[failure]:
+                    raise CtcLiveError(f"the run ended with a {failure.replace('_', ' ')}: "
+                                       f"{summary[failure]} (summary written in {directory})")
         return 0
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+def _run_with_dashboard(config, run_dir: Path, args) -> list[tuple[Path, dict]]:
+    """The window (its own process) watches and commands a session of runs: the first for
+    ``--duration``; Start after a Stop begins the next. Closing the window ends the session."""
+    from ctc_live.dashboard import DashboardProcess
+    from ctc_live.pipeline.session import RunSession
+
+    window = DashboardProcess(config, screenshot=args.screenshot)
+    window.wait_ready()  # the window's start-up, seconds of CPU, before the camera streams
+    session = RunSession(config, run_dir, record=args.record, duration_s=args.duration)
+    try:
+        session.start()
+    except BaseException:
+        window.process.terminate()
+        raise
+    _stop_on_signals(session)
+    window.serve(session)
+    summaries = session.stop()
+    return [(run.run_dir, summary) for run, summary in zip(session.runs, summaries)]
 
 
 def _display_available() -> bool:
@@ -107,12 +118,13 @@ def _display_available() -> bool:
     )
 
 
-def _stop_on_signals(pipeline) -> None:
-    """Ctrl-C (or SIGTERM) ends the run cleanly: the summary is still written."""
+def _stop_on_signals(run) -> None:
+    """Ctrl-C (or SIGTERM) ends the run (a Pipeline or a RunSession) cleanly: the summary is
+    still written."""
 
     def handler(signum, frame):
         log.info("signal %d: stopping", signum)
-        pipeline.request_stop()
+        run.request_stop()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

@@ -4,10 +4,11 @@ Importing this package imports Qt; the pipeline and the headless paths never do.
 """
 
 from ctc_live.dashboard.app import save_screenshot, show_dashboard
-from ctc_live.dashboard.remote import run_dashboard
+from ctc_live.dashboard.remote import DashboardProcess, run_dashboard
 from ctc_live.dashboard.window import DashboardWindow, SnapshotSource
 
 __all__ = [
+    "DashboardProcess",
     "DashboardWindow",
     "SnapshotSource",
     "run_dashboard",

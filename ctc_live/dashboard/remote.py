@@ -43,47 +43,76 @@ def run_dashboard(
     ``source.send``. Returns the window's status (0, or 1 when a timed run did not stop),
     or 2 when the window could not be shown (the reason is logged).
     """
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads
-    conn, child_conn = ctx.Pipe()
-    process = ctx.Process(
-        target=_window_process,
-        args=(child_conn, config, screenshot, duration_s),
-        name="ctc-live-dashboard",
-        daemon=True,
-    )
-    process.start()
-    child_conn.close()
-    status = None
-    try:
-        while status is None:
-            if not conn.poll(1.0):
-                if not process.is_alive():
-                    break
-                continue
-            kind, payload = conn.recv()
-            if kind == "ready":
-                try:
-                    conn.send(_take_snapshot(source))
-                except OSError:
-                    pass  # the window is closing; its last messages are still to be read
-            elif kind == "command":
-                _send(source, payload)
-            elif kind == "done":
-                status = payload
-    except (EOFError, OSError):
-        pass  # the window's process is gone; its exit code says how
-    finally:
-        conn.close()
-        process.join(EXIT_TIMEOUT_S)
-        if process.is_alive():
-            log.error("the dashboard process did not exit: terminating it")
-            process.terminate()
-            process.join()
-    if status is None:
-        log.error("the dashboard process ended without a status (exit code %s)",
-                  process.exitcode)
-        return 2
-    return status
+    return DashboardProcess(config, screenshot, duration_s).serve(source)
+
+
+class DashboardProcess:
+    """The window's process, started at once; ``serve(source)`` then feeds it.
+
+    Starting the window costs seconds of a core (Qt, pyqtgraph, the first paint): open it
+    and ``wait_ready()`` before the camera streams, and a two-core machine does not drop the
+    run's first frames for it.
+    """
+
+    def __init__(self, config: Config, screenshot: Path | None = None,
+                 duration_s: float | None = None):
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+        self.conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_window_process,
+            args=(child_conn, config, screenshot, duration_s),
+            name="ctc-live-dashboard",
+            daemon=True,
+        )
+        self.process.start()
+        child_conn.close()
+        self._early: list = []  # messages received before serving
+
+    def wait_ready(self, timeout_s: float = FIRST_SNAPSHOT_TIMEOUT_S) -> None:
+        """Wait until the window is built and asks for its first snapshot (or is gone)."""
+        try:
+            if self.conn.poll(timeout_s):
+                self._early.append(self.conn.recv())
+        except (EOFError, OSError):
+            pass  # serve() reports it
+
+    def serve(self, source) -> int:
+        """Serve ``source`` to the window until it is done; its status (see run_dashboard)."""
+        conn, process = self.conn, self.process
+        status = None
+        try:
+            while status is None:
+                if self._early:
+                    kind, payload = self._early.pop(0)
+                elif not conn.poll(1.0):
+                    if not process.is_alive():
+                        break
+                    continue
+                else:
+                    kind, payload = conn.recv()
+                if kind == "ready":
+                    try:
+                        conn.send(_take_snapshot(source))
+                    except OSError:
+                        pass  # the window is closing; its last messages are still to be read
+                elif kind == "command":
+                    _send(source, payload)
+                elif kind == "done":
+                    status = payload
+        except (EOFError, OSError):
+            pass  # the window's process is gone; its exit code says how
+        finally:
+            conn.close()
+            process.join(EXIT_TIMEOUT_S)
+            if process.is_alive():
+                log.error("the dashboard process did not exit: terminating it")
+                process.terminate()
+                process.join()
+        if status is None:
+            log.error("the dashboard process ended without a status (exit code %s)",
+                      process.exitcode)
+            return 2
+        return status
 
 
 def _take_snapshot(source) -> tuple[str, object]:

@@ -24,16 +24,19 @@ def run_once(config, seconds: float, classifier=None, dashboard: bool = False) -
     from ctc_live.pipeline import Pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
-        pipeline = Pipeline(config, Path(tmp), classifier=classifier).start()
         if not dashboard:
+            pipeline = Pipeline(config, Path(tmp), classifier=classifier).start()
             pipeline.wait(seconds)
             return pipeline.stop()
-        from ctc_live.dashboard import run_dashboard
+        from ctc_live.dashboard import DashboardProcess
 
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # read by the window's process
+        window = DashboardProcess(config)
+        window.wait_ready()  # as `ctc-live run` does: its start-up is not the run's cost
+        pipeline = Pipeline(config, Path(tmp), classifier=classifier).start()
         runner = threading.Thread(target=lambda: (pipeline.wait(seconds), pipeline.stop()))
         runner.start()
-        status = run_dashboard(pipeline, config)
+        status = window.serve(pipeline)
         pipeline.request_stop()
         runner.join()
         if status == 2:

@@ -17,6 +17,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from ctc_live.errors import CtcLiveError
+from ctc_live.shared_frames import create_shared_memory
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class RenderProcess:
         cam = config.camera
         self.shape = (cam.height, cam.width)
         size = int(np.prod(self.shape)) * 2
-        self._shm = shared_memory.SharedMemory(create=True, size=size * SLOTS)
+        self._shm = create_shared_memory(size * SLOTS, "the scene renderer")
         self._slots = np.ndarray((SLOTS, *self.shape), np.uint16, buffer=self._shm.buf)
         ctx = mp.get_context("spawn")  # never fork a process that runs threads
         # Pipes, not multiprocessing queues: a queue's feeder thread would take the
