@@ -302,7 +302,7 @@ def test_int8_without_calibration_crops_is_refused_clearly(tmp_path):
         load_classifier(path, "cpu", "int8")
     msg = str(err.value)
     assert str(path) in msg and "no calibration crops" in msg and "ctc-live train" in msg
-    assert "add_calibration" in msg and "float32" in msg
+    assert f"ctc-live calibrate --model {path}" in msg and "float32" in msg
     with pytest.raises(CtcLiveError, match="unknown classifier precision 'int4'"):
         load_classifier(path, "cpu", "int4")
 

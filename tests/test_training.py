@@ -197,3 +197,27 @@ def test_build_dataset_from_the_simulator(tmp_path, capsys):
     assert all(5 < float(r["diameter_um"]) < 30 for r in rows)
     assert main(["build-dataset", str(out), "--sim", "8"]) == 2  # never overwrites
     assert "not empty" in capsys.readouterr().err
+
+
+def test_calibrate_adds_crops_so_an_old_model_runs_in_int8(synthetic_dataset, tmp_path, capsys):
+    import torch
+
+    from ctc_live.classification import build_network, load_classifier
+    from ctc_live.classification.modelfile import load_model, save_model
+    from ctc_live.classification.networks import normalisation_card
+
+    torch.manual_seed(0)
+    path = tmp_path / "old.safetensors"
+    save_model(build_network("compact").eval(), path, {
+        "architecture": "compact", "input_size": 32,
+        "normalisation": normalisation_card("compact", False)})
+    before, _, none = load_model(path)
+    assert none is None
+    assert main(["calibrate", "--model", str(path), "--data", str(synthetic_dataset)]) == 0
+    assert "calibration crops" in capsys.readouterr().out
+    after, card, crops = load_model(path)
+    assert crops.shape == (100, 1, 32, 32)  # every crop of the 100-crop set
+    assert card["calibration"]["crops"] == 100
+    assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(),
+                                                   after.state_dict().values()))
+    load_classifier(path, "cpu", "int8")  # now accepted

@@ -136,8 +136,8 @@ def load_classifier(path: str | Path, device: str = "auto",
         raise ModelFileError(
             f"{path}: no calibration crops in this model file, and int8 needs them; retrain "
             "with `ctc-live train` (which stores them), add crops of its training data with "
-            "ctc_live.training.run.add_calibration(model_file, training_data_dir), or use "
-            "precision float32"
+            f"`ctc-live calibrate --model {path} --data TRAINING_DATA`, or use precision "
+            "float32"
         )
     log.info("classifier %s: %s, input %d px, threshold %.2f, %s", path, card["architecture"],
              card["input_size"], card["threshold"], precision)

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "build_dataset",
     "train",
     "evaluate",
+    "calibrate",
     "report",
     "sorter",
     "bench",

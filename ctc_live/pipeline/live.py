@@ -27,6 +27,7 @@ import numpy as np
 import ctc_live
 from ctc_live.config import Config
 from ctc_live.pipeline.decider import Decider
+from ctc_live.pipeline.runtime import settle_garbage_collector
 from ctc_live.pipeline.segmenting import SegmentationStage
 from ctc_live.pipeline.snapshot import (
     Arm,
@@ -148,6 +149,7 @@ class Pipeline:
         self.decider.start()
         self.batcher.start()
         self.segmentation.start()
+        settle_garbage_collector()
         self.started_ns = time.monotonic_ns()
         self.acquisition.start()
         self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)

@@ -29,6 +29,7 @@ import numpy as np
 from ctc_live.config import Config
 from ctc_live.errors import CtcLiveError
 from ctc_live.pipeline.messages import Observation, ScoreDropped, TrackEnded
+from ctc_live.pipeline.runtime import settle_garbage_collector
 from ctc_live.pipeline.snapshot import CellView
 from ctc_live.pipeline.stats import LatencyHistogram, RateMeter
 from ctc_live.shared_frames import FrameReader, FrameWriter, RingSpec
@@ -142,6 +143,7 @@ def analysis_loop(config_data: dict, segmenter, ring: RingSpec, results) -> None
     frames = FrameReader(ring)
     try:
         analyser = FrameAnalyser(Config.model_validate(config_data), segmenter)
+        settle_garbage_collector()
         results.send("ready")
         failed = False
         while (item := frames.get()) is not None:
