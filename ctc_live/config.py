@@ -137,7 +137,10 @@ class SegmentationConfig(Section):
     """
 
     method: Literal["realtime", "reference"] = "realtime"
-    min_diameter_um: PositiveFloat = 5.0
+    min_diameter_um: PositiveFloat = Field(
+        6.0, description="smaller blobs are debris: leukocytes are 7 µm and up; at 5 µm "
+        "simulated debris (measured 5.0-5.5 µm with its halo) passed and was sorted as CTC"
+    )
     max_diameter_um: PositiveFloat = 30.0
     crop_size: PositiveInt = 30
     edge_smooth_um: PositiveFloat = Field(
