@@ -286,7 +286,10 @@ class SorterConfig(Section):
 
 
 class PipelineConfig(Section):
-    frame_queue: PositiveInt = Field(64, description="frames waiting for segmentation")
+    frame_queue: PositiveInt = Field(
+        64, description="frames waiting for segmentation: slots of the shared-memory ring "
+        "(0.6 MB each at 640×480; 64 are 0.3 s at 200 fps)"
+    )
     crop_queue: PositiveInt = Field(1024, description="crops waiting for classification")
     deadline_ms: PositiveFloat = Field(20.0, description="end-to-end latency target per cell")
 
