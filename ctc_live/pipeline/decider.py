@@ -79,6 +79,9 @@ class Decider:
         # Decisions of finished tracks, for views of the last frame (bounded).
         self.recent: collections.OrderedDict[int, str] = collections.OrderedDict()
         self.current_p: dict[int, float] = {}  # track id → P(CTC) so far, for views
+        # Tracks whose first crops were not confident: they will be decided on all their
+        # crops, so the segmentation stage sends the ones it held back (read without locks).
+        self.inconclusive: set[int] = set()
         self.finished: list[FinishedCell] = []
         self.pulses: dict[int, dict] = {}
         self._tracks: dict[int, Evidence] = {}
@@ -171,6 +174,11 @@ class Decider:
             if scores is not None:  # empty when every crop was dropped: uncertain
                 self._decide(ev, combine(scores) if scores else None)
                 decided = True
+        if (not decided and ev.track_id not in self.inconclusive
+                and ev.scored >= tracking.min_observations):
+            first = combine(ev.scores[:tracking.min_observations])
+            if classify(first, self.threshold, tracking.uncertain_margin) == "uncertain":
+                self.inconclusive.add(ev.track_id)
         self._fire_when_seen_out(ev)
         if ev.ended and (decided or ev.n_obs < tracking.min_track_length):
             self._finish(ev)
@@ -269,6 +277,7 @@ class Decider:
         if len(self.recent) > RECENT_DECISIONS:
             self.recent.popitem(last=False)
         self.current_p.pop(ev.track_id, None)
+        self.inconclusive.discard(ev.track_id)
         if ev.n_obs < self.config.tracking.min_track_length:
             self.counts.noise_tracks += 1
             return

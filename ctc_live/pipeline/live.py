@@ -137,8 +137,7 @@ class Pipeline:
             config,
             self._segmenter or FlowSegmenter(config),
             self.batcher,
-            self.decider.inbox,
-            lambda track_id: self.decider.states.get(track_id, "pending"),
+            self.decider,
         )
         if self.record:
             self.recorder = self._open_recorder()

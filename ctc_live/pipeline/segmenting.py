@@ -11,6 +11,12 @@ In the pipeline's process this stage's thread turns each result into an :class:`
 per detection for the decision thread (one message per frame) and submits the crops still
 worth scoring to the classifier. A full classifier queue drops the crop, counts it, and tells
 the decision thread not to wait for it.
+
+Most cells are decided on their first ``tracking.min_observations`` crops, whose scores come
+back a few frames later. Crops beyond those are held here until the decision thread says
+whether it needs them (the first crops were not confident: it decides on all of them) or not
+(decided: they are dropped): scoring them all cost the classifier half its work at 200 fps.
+Which crops count for a decision is unchanged, so decisions do not depend on timing.
 """
 
 from __future__ import annotations
@@ -177,11 +183,16 @@ class SegmentationStage:
     ``queue.Full`` when the process is behind and the ring is full).
     """
 
-    def __init__(self, config: Config, segmenter, classifier, decisions, decided):
+    def __init__(self, config: Config, segmenter, classifier, decider):
         self.config = config
         self.classifier = classifier  # .submit(key, crop) -> bool
-        self.decisions = decisions  # queue.Queue of the decision thread
-        self.decided = decided  # track id -> "pending" | decision, read without locks
+        # The decision thread: its inbox, and (read without locks) its `states` (track id →
+        # pending | decision) and `inconclusive` tracks.
+        self.decider = decider
+        self.decisions = decider.inbox
+        self.first_crops = config.tracking.min_observations
+        self._held: dict[int, list[Observation]] = {}  # crops waiting for the early decision
+        self._needs_all: set[int] = set()  # an early crop was dropped: send the rest at once
         self.processed = RateMeter()
         self.crops_dropped = 0
         self.detections = 0
@@ -279,16 +290,20 @@ class SegmentationStage:
         exposure_ns = last.exposure_ns if last is not None else now
         self.decisions.put([TrackEnded(track_id, frame, exposure_ns, now)
                             for track_id, frame in ended])
+        # The stream is over: no early decision will come for what is still held.
+        self._submit([obs for held in self._held.values() for obs in held])
+        self._held.clear()
 
     def _pass_on(self, frame, result: FrameResult) -> None:
         if self.first_frame is None:
             self.first_frame = frame
         segmented_ns = result.segmented_ns
         messages, to_score, views = [], [], []
+        states = self.decider.states
         for d in result.detections:
             crop_index = self._crops.get(d.track_id, 0)
             # A decided cell needs no more evidence: its crops would only load the classifier.
-            scored = d.crop is not None and self.decided(d.track_id) == "pending"
+            scored = d.crop is not None and states.get(d.track_id, "pending") == "pending"
             obs = Observation(
                 d.track_id, frame.number, frame.exposure_ns, segmented_ns, frame.scene_time_s,
                 d.x_um, d.y_um, d.diameter_um, d.velocity_um_s, d.leaving,
@@ -298,7 +313,10 @@ class SegmentationStage:
             messages.append(obs)
             if scored:
                 self._crops[d.track_id] = crop_index + 1
-                to_score.append(obs)
+                if crop_index < self.first_crops or self._wants_all(d.track_id):
+                    to_score.append(obs)
+                else:
+                    self._held.setdefault(d.track_id, []).append(obs)
             bx, by, bw, bh = d.bbox
             views.append(CellView(d.track_id, d.x_px, d.y_px, (by, bx, by + bh, bx + bw),
                                   "pending", None))
@@ -309,15 +327,42 @@ class SegmentationStage:
         # crop before the crop's score can arrive.
         if messages:
             self.decisions.put(messages)
-        dropped = [ScoreDropped(obs.track_id, obs.crop_index) for obs in to_score
-                   if not self.classifier.submit(obs, obs.crop)]
-        if dropped:
-            self.crops_dropped += len(dropped)
-            self.decisions.put(dropped)
+        # Held crops first: a track's crops are scored in the order they were taken.
+        self._submit(self._release_held() + to_score)
         self.detections += len(result.detections)
         self.latency.add(segmented_ns - frame.popped_ns)
         self.latest = (frame, tuple(views))
         self.processed.total += 1
+
+
+    def _wants_all(self, track_id: int) -> bool:
+        return track_id in self.decider.inconclusive or track_id in self._needs_all
+
+    def _release_held(self) -> list[Observation]:
+        """Held crops the decision thread now needs; those of decided tracks are dropped."""
+        release = []
+        states, finished = self.decider.states, self.decider.recent
+        for track_id in list(self._held):
+            state = states.get(track_id) or finished.get(track_id)
+            if state is None:  # the decision thread has not seen the track yet
+                continue
+            if state != "pending":
+                del self._held[track_id]
+            elif self._wants_all(track_id):
+                release += self._held.pop(track_id)
+        self._needs_all = {t for t in self._needs_all if t in self._crops or t in states}
+        return release
+
+    def _submit(self, crops: list[Observation]) -> None:
+        dropped = []
+        for obs in crops:
+            if not self.classifier.submit(obs, obs.crop):
+                dropped.append(ScoreDropped(obs.track_id, obs.crop_index))
+                if obs.crop_index < self.first_crops:  # no early decision can come now
+                    self._needs_all.add(obs.track_id)
+        if dropped:
+            self.crops_dropped += len(dropped)
+            self.decisions.put(dropped)
 
 
 class FrameQueue:
