@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,19 +28,18 @@ def run_once(config, seconds: float, classifier=None, dashboard: bool = False) -
             pipeline.wait(seconds)
             return pipeline.stop()
         from ctc_live.dashboard import DashboardProcess
+        from ctc_live.pipeline.session import RunSession
 
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # read by the window's process
         window = DashboardProcess(config)
         window.wait_ready()  # as `ctc-live run` does: its start-up is not the run's cost
-        pipeline = Pipeline(config, Path(tmp), classifier=classifier).start()
-        runner = threading.Thread(target=lambda: (pipeline.wait(seconds), pipeline.stop()))
-        runner.start()
-        status = window.serve(pipeline)
-        pipeline.request_stop()
-        runner.join()
+        session = RunSession(config, Path(tmp), duration_s=seconds, classifier=classifier)
+        session.start()
+        status = window.serve(session)
+        summary = session.stop()[0]
         if status == 2:
             raise RuntimeError("the dashboard window could not be shown (see the log)")
-        return pipeline.stop()
+        return summary
 
 
 def lossless(summary: dict) -> bool:

@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 
 class RunSession:
     def __init__(self, config: Config, run_dir: Path, *, record: bool = False,
-                 duration_s: float | None = None):
+                 duration_s: float | None = None, classifier=None):
         self.config = config
         self.run_dir = Path(run_dir)
         self.record = record
+        self.classifier = classifier  # None: each run loads the config's model
         self.duration_s = duration_s  # of the first run; later ones run until stopped
         self.runs: list[Pipeline] = []
         self._runners: list[threading.Thread] = []
@@ -41,7 +42,8 @@ class RunSession:
     def _start_run(self, duration_s: float | None) -> Pipeline:
         n = len(self.runs) + 1
         run_dir = self.run_dir if n == 1 else self.run_dir.with_name(f"{self.run_dir.name}-{n}")
-        pipeline = Pipeline(self.config, run_dir, record=self.record).start()
+        pipeline = Pipeline(self.config, run_dir, record=self.record,
+                            classifier=self.classifier).start()
         self.runs.append(pipeline)
         # Each run ends in its own thread: the duration passes or a stop is requested, then
         # stop() drains it and writes its summary, which views see as running → stopped.
