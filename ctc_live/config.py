@@ -217,6 +217,10 @@ class TrackingConfig(Section):
     """Linking detections into tracks and deciding once per cell."""
 
     max_missed_frames: Annotated[int, Field(ge=0)] = 1
+    max_hidden_frames: Annotated[int, Field(ge=0)] = Field(
+        20, description="frames a track may coast along its fitted line while its predicted "
+        "centre is inside another detection (touching cells segment as one blob)"
+    )
     link_tolerance_um: PositiveFloat = Field(
         6.0, description="largest distance between a track's predicted and observed position"
     )
@@ -263,9 +267,19 @@ class SorterConfig(Section):
     )
     sort_region_um: PositiveFloat = Field(100.0, description="length of the sorting region")
     pulse_margin_um: NonNegativeFloat = Field(
+        0.5,
+        description="fixed half-length of travel the pulse covers around the predicted "
+        "crossing, on top of pulse_sigmas (the controller's timer and clock sync)",
+    )
+    pulse_sigmas: NonNegativeFloat = Field(
         2.0,
-        description="half-length of travel the pulse covers around the predicted crossing "
-        "(plus 5% of the cell's diameter); longer pulses deflect more bystanders",
+        description="standard errors of the track's predicted position at the sorter that "
+        "the pulse covers on each side; longer pulses deflect more bystanders",
+    )
+    pulse_max_half_um: PositiveFloat = Field(
+        4.0,
+        description="most travel a pulse covers on each side of the predicted crossing: a "
+        "track too uncertain for it gets this much, not a pulse that deflects its neighbours",
     )
     min_pulse_us: PositiveFloat = 200.0
     max_pulse_us: PositiveFloat = 20_000.0

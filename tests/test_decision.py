@@ -2,10 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from ctc_live.config import SorterConfig
 from ctc_live.pipeline.decision import Evidence, classify, combine, plan_pulse
+from ctc_live.tracking import LineFit
 
 
 def test_combine_is_mean_log_odds():
@@ -52,20 +54,43 @@ def test_dropped_crops_are_not_waited_for():
     assert ev.evidence_for_decision(3, 0.5, 0.15) == [0.1, 0.2]
 
 
+def line(velocity=5000.0, n=10, sigma_um=0.3, span_s=0.05):
+    """A track's line: n observations over span_s, ending at camera time 1.0 s at x=300 µm."""
+    t = np.linspace(1.0 - span_s, 1.0, n)
+    t0 = float(t.mean())
+    return LineFit(t0, 300.0 - velocity * (1.0 - t0), velocity, n,
+                   float(((t - t0) ** 2).sum()), sigma_um)
+
+
 def test_pulse_is_centred_on_the_predicted_crossing():
-    sorter = SorterConfig(sort_distance_um=1500, pulse_margin_um=2.0, min_pulse_us=100)
-    start_ns, width_us = plan_pulse(
-        x_um=300.0, velocity_um_s=5000.0, exposure_ns=10**9, diameter_um=12.0, sorter=sorter
-    )
+    sorter = SorterConfig(sort_distance_um=1500, pulse_margin_um=0.5, pulse_sigmas=2.5,
+                          pulse_max_half_um=100, min_pulse_us=100)
+    fit = line()
+    start_ns, width_us = plan_pulse(fit, camera_time_s=1.0, exposure_ns=10**9, sorter=sorter)
     crossing_ns = 10**9 + (1500 - 300) / 5000 * 1e9
-    assert width_us == pytest.approx(2 * (2.0 + 0.6) / 5000 * 1e6)
     assert start_ns + width_us * 500 == pytest.approx(crossing_ns, abs=1)
+    half_um = 0.5 + 2.5 * fit.x_sigma(fit.t_at(1500))
+    assert width_us == pytest.approx(2 * half_um / 5000 * 1e6)
+
+
+def test_pulse_covers_the_uncertainty_of_the_track_line():
+    sorter = SorterConfig(min_pulse_us=1, max_pulse_us=20_000, pulse_max_half_um=100)
+    _, long_track = plan_pulse(line(n=12, span_s=0.06), 1.0, 0, sorter)
+    _, short_track = plan_pulse(line(n=3, span_s=0.01), 1.0, 0, sorter)
+    _, noisy_track = plan_pulse(line(n=12, span_s=0.06, sigma_um=1.0), 1.0, 0, sorter)
+    # Extrapolating a short stretch over a millimetre is uncertain: a longer pulse.
+    assert short_track > 3 * long_track
+    assert noisy_track > 2 * long_track
+    # Never longer than the cap: a very uncertain track would deflect its neighbours.
+    capped = SorterConfig(min_pulse_us=1, pulse_max_half_um=4.0)
+    assert plan_pulse(line(n=3, span_s=0.01), 1.0, 0, capped)[1] == pytest.approx(
+        2 * 4.0 / 5000 * 1e6)
 
 
 def test_pulse_width_is_clamped_to_the_safety_limits():
-    sorter = SorterConfig(min_pulse_us=500, max_pulse_us=800)
-    _, fast = plan_pulse(0.0, 1e6, 0, 10.0, sorter)
-    _, slow = plan_pulse(0.0, 1.0, 0, 10.0, sorter)
+    sorter = SorterConfig(min_pulse_us=500, max_pulse_us=800, pulse_max_half_um=1e6)
+    _, fast = plan_pulse(line(velocity=1e6), 1.0, 0, sorter)
+    _, slow = plan_pulse(line(velocity=1.0), 1.0, 0, sorter)
     assert (fast, slow) == (500, 800)
     assert not math.isnan(fast)
 

@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from ctc_live.tracking import FlowModel, Tracker
+import pytest
+
+from ctc_live.tracking import FlowModel, Track, Tracker
 
 FPS = 200.0
 WIDTH_UM = 320.0  # 640 px at 0.5 µm/px
@@ -74,3 +76,58 @@ def test_track_velocity_estimate_is_accurate():
                 cell = cell_of[track.id]
                 errors.append(abs(track.velocity(flow) - v_true[cell]) / v_true[cell])
     assert errors and np.median(errors) < 0.01
+
+
+def test_a_cell_hidden_in_its_neighbours_blob_keeps_its_track():
+    """Two cells side by side segment as one blob for a few frames: the blob goes to one
+    track, the other coasts along its line inside the blob and picks its cell up after."""
+    # Slow cells (2 mm/s: 10 µm a frame) so that the merge happens well inside the field.
+    flow = FlowModel(center_y_um=120, width_um=120, mean_velocity_um_s=1333)
+    tracker = Tracker(flow, WIDTH_UM, tolerance_um=6.0, max_missed_frames=1,
+                      max_hidden_frames=10)
+    ids_a, ids_b = set(), set()
+    for f in range(40):
+        t = f / FPS
+        xa, xb = 5 + 2000 * t, 5 + 2040 * t  # b drifts ahead of a, 10 µm apart in y
+        if 10 <= f < 16:  # merged: one blob between them, spanning both
+            xs, ys = np.array([(xa + xb) / 2]), np.array([120.0])
+            boxes = np.array([[min(xa, xb) - 6, max(xa, xb) + 6, 109.0, 131.0]])
+            update = tracker.update(f, t, xs, ys, reliable=np.array([False]), boxes=boxes)
+            assert not update.ended
+            continue
+        xs, ys = np.array([xa, xb]), np.array([115.0, 125.0])
+        if max(xs) > WIDTH_UM:
+            break
+        update = tracker.update(f, t, xs, ys, boxes=np.array(
+            [[x - 6, x + 6, y - 6, y + 6] for x, y in zip(xs, ys)]))
+        ids_a.add(int(update.track_ids[0]))
+        ids_b.add(int(update.track_ids[1]))
+    assert len(ids_a) == 1 and len(ids_b) == 1 and ids_a != ids_b
+
+
+def test_without_a_blob_to_hide_in_a_lost_track_ends():
+    flow = FlowModel(center_y_um=120, width_um=120, mean_velocity_um_s=5000)
+    tracker = Tracker(flow, WIDTH_UM, tolerance_um=6.0, max_missed_frames=1,
+                      max_hidden_frames=10)
+    for f in range(5):
+        tracker.update(f, f / FPS, np.array([5 + 25.0 * f]), np.array([120.0]),
+                       boxes=np.zeros((1, 4)))
+    empty = np.zeros(0)
+    assert not tracker.update(5, 5 / FPS, empty, empty, boxes=np.zeros((0, 4))).ended
+    assert len(tracker.update(6, 6 / FPS, empty, empty, boxes=np.zeros((0, 4))).ended) == 1
+
+
+def test_line_standard_error_matches_the_scatter_of_extrapolations():
+    """x_sigma(t) far beyond the observed stretch is the spread of the extrapolated position
+    over many noisy tracks (the pulse width depends on it)."""
+    rng = np.random.default_rng(4)
+    t = np.arange(12) / FPS
+    far = 0.3  # s: ~1.2 mm beyond the field at 5 mm/s
+    predicted, sigmas = [], []
+    for _ in range(400):
+        track = Track(1)
+        for i, ti in enumerate(t):
+            track.add(i, ti, 10 + 5000 * ti + 0.3 * rng.standard_normal(), 120.0)
+        predicted.append(track.fit.x_at(far) - (10 + 5000 * far))
+        sigmas.append(track.fit.x_sigma(far))
+    assert np.std(predicted) == pytest.approx(np.median(sigmas), rel=0.15)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ctc_live.tracking import LineFit
+
 
 @dataclass(slots=True)
 class Observation:
@@ -20,10 +22,12 @@ class Observation:
     exposure_ns: int
     segmented_ns: int
     scene_time_s: float | None
+    camera_time_s: float  # the camera's timestamp: the time axis of ``fit``
     x_um: float
     y_um: float
     diameter_um: float
     velocity_um_s: float
+    fit: LineFit | None  # the track's fitted line so far
     leaving: bool  # the cell will be out of the field by the next frame
     crop: np.ndarray | None  # queued for scoring; None when not (edge, track has enough)
     crop_index: int  # k for the track's k-th crop queued for scoring, -1 without a crop

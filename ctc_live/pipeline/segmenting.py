@@ -39,7 +39,7 @@ from ctc_live.pipeline.runtime import settle_garbage_collector
 from ctc_live.pipeline.snapshot import CellView
 from ctc_live.pipeline.stats import LatencyHistogram, RateMeter
 from ctc_live.shared_frames import FrameReader, FrameWriter, RingSpec
-from ctc_live.tracking import FlowModel, Tracker
+from ctc_live.tracking import FlowModel, LineFit, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,11 @@ class Detection:
     """One cell in one frame, linked to its track (analysis process → stage)."""
 
     track_id: int
-    x_um: float  # on the track's fitted line: the trigger extrapolates from it
+    x_um: float  # on the track's fitted line
     y_um: float
     diameter_um: float
-    velocity_um_s: float
+    velocity_um_s: float  # fitted, or the flow profile's before two observations
+    fit: LineFit | None  # the track's line: the trigger extrapolates it to the sorter
     leaving: bool  # the cell will be out of the field by the next frame
     x_px: float
     y_px: float
@@ -87,8 +88,9 @@ class FrameAnalyser:
         field_width_um = cam.width * cam.pixel_size_um
         self.tracker = Tracker(
             flow_model(config), field_width_um, tracking.link_tolerance_um,
-            tracking.max_missed_frames,
+            tracking.max_missed_frames, tracking.max_hidden_frames,
         )
+        self.pixel_size_um = cam.pixel_size_um
         self.frame_interval_s = 1 / cam.fps
         self.leave_at_um = field_width_um - tracking.decide_margin_um
         self.max_crops = tracking.max_crops_per_track
@@ -106,7 +108,9 @@ class FrameAnalyser:
         # velocity the trigger extrapolates over a millimetre.
         reliable = np.fromiter((c.single_cell and not c.touches_edge for c in cells), bool,
                                len(cells))
-        update = self.tracker.update(number, t_s, x, y, reliable=reliable)
+        bx, by, bw, bh = np.array([c.bbox for c in cells], float).reshape(-1, 4).T
+        boxes = np.stack([bx, bx + bw, by, by + bh], axis=1) * self.pixel_size_um
+        update = self.tracker.update(number, t_s, x, y, reliable=reliable, boxes=boxes)
         flow = self.tracker.flow
         detections = []
         for cell, track_id in zip(cells, update.track_ids.tolist()):
@@ -119,7 +123,7 @@ class FrameAnalyser:
                 crop = cell.crop
                 self._crops[track_id] = sent + 1
             detections.append(Detection(
-                track_id, x_um, cell.y_um, cell.diameter_um, velocity,
+                track_id, x_um, cell.y_um, cell.diameter_um, velocity, track.fit,
                 x_um + velocity * self.frame_interval_s > self.leave_at_um,
                 cell.x_px, cell.y_px, cell.bbox, crop,
             ))
@@ -306,7 +310,8 @@ class SegmentationStage:
             scored = d.crop is not None and states.get(d.track_id, "pending") == "pending"
             obs = Observation(
                 d.track_id, frame.number, frame.exposure_ns, segmented_ns, frame.scene_time_s,
-                d.x_um, d.y_um, d.diameter_um, d.velocity_um_s, d.leaving,
+                frame.camera_time_ms / 1000, d.x_um, d.y_um, d.diameter_um, d.velocity_um_s,
+                d.fit, d.leaving,
                 crop=d.crop if scored else None,
                 crop_index=crop_index if scored else -1,
             )

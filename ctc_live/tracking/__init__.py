@@ -9,6 +9,6 @@ the configured channel and is learned from finished tracks as the run goes.
 """
 
 from ctc_live.tracking.flow import FlowModel
-from ctc_live.tracking.tracker import Track, Tracker
+from ctc_live.tracking.tracker import LineFit, Track, Tracker
 
-__all__ = ["FlowModel", "Track", "Tracker"]
+__all__ = ["FlowModel", "LineFit", "Track", "Tracker"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,41 @@ FITTED_SPEED_ERROR = 0.03
 FIT_POINTS = 32
 
 
+# Prior scatter of a reliable centroid about the track's line (µm; measured on the simulator),
+# and how many observations' worth of weight it has against a track's own scatter. The
+# tracker replaces it by what its finished tracks measured.
+CENTROID_SIGMA_UM = 0.3
+PRIOR_WEIGHT = 4
+SCATTER_MIN_POINTS = 6
+SCATTER_LEARNING_RATE = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class LineFit:
+    """x = x0 + velocity · (t − t0), fitted by least squares to a track's observations.
+
+    ``x_sigma(t)`` is the standard error of the line's position at time t: small inside the
+    observed stretch, growing with the distance from it. The trigger extrapolates over a
+    millimetre, so this, not the centroid noise, sets how wide a pulse must be.
+    """
+
+    t0: float  # mean time of the fitted observations
+    x0: float
+    velocity: float
+    n: int
+    stt: float  # Σ (t − t0)² of the fitted observations
+    sigma_um: float  # scatter of the observations about the line
+
+    def x_at(self, t_s: float) -> float:
+        return self.x0 + self.velocity * (t_s - self.t0)
+
+    def t_at(self, x_um: float) -> float:
+        return self.t0 + (x_um - self.x0) / self.velocity
+
+    def x_sigma(self, t_s: float) -> float:
+        return self.sigma_um * math.sqrt(1 / self.n + (t_s - self.t0) ** 2 / self.stt)
+
+
 @dataclass
 class Track:
     id: int
@@ -29,15 +65,18 @@ class Track:
     y_um: list[float] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     misses: int = 0
-    # Line x = x0 + v (t - t0) fitted to the last reliable observations; None until two.
-    fit: tuple[float, float, float] | None = None
+    hidden: int = 0  # consecutive frames predicted inside another detection's blob
+    fit: LineFit | None = None  # to the last reliable observations; None until two
     _reliable: list[int] = field(default_factory=list)  # indices of observations fitted
 
     @property
     def n(self) -> int:
         return len(self.t_s)
 
-    def add(self, frame: int, t_s: float, x_um: float, y_um: float, reliable: bool = True) -> None:
+    def add(
+        self, frame: int, t_s: float, x_um: float, y_um: float, reliable: bool = True,
+        prior_sigma_um: float = CENTROID_SIGMA_UM,
+    ) -> None:
         """Append an observation. Unreliable ones (a cell cut by the frame edge, whose
         centroid is pulled inwards, or merged with a neighbour) are linked but fitted only
         while nothing better exists."""
@@ -46,35 +85,50 @@ class Track:
         self.y_um.append(y_um)
         self.frames.append(frame)
         self.misses = 0
+        self.hidden = 0
         if reliable:
             self._reliable.append(self.n - 1)
         use = self._reliable if len(self._reliable) >= 2 else range(self.n)
         use = list(use)[-FIT_POINTS:]
         if len(use) >= 2:
-            self.fit = _line([self.t_s[i] for i in use], [self.x_um[i] for i in use])
+            self.fit = _line(
+                [self.t_s[i] for i in use], [self.x_um[i] for i in use], prior_sigma_um
+            )
+
+    @property
+    def reliable_fit(self) -> bool:
+        """Whether the line is fitted to reliable observations only."""
+        return len(self._reliable) >= 2
 
     def velocity(self, flow: FlowModel) -> float:
         """Speed along x (µm/s): fitted to the last observations, or the flow prior."""
-        return flow.expected(self.y_um[-1]) if self.fit is None else self.fit[2]
+        return flow.expected(self.y_um[-1]) if self.fit is None else self.fit.velocity
 
     def predict_x(self, t_s: float, flow: FlowModel) -> float:
         if self.fit is None:
             return self.x_um[-1] + flow.expected(self.y_um[-1]) * (t_s - self.t_s[-1])
-        t0, x0, v = self.fit
-        return x0 + v * (t_s - t0)
+        return self.fit.x_at(t_s)
 
     def mean_y(self) -> float:
         return float(np.mean(self.y_um))
 
 
-def _line(t: list[float], x: list[float]) -> tuple[float, float, float]:
-    """Least-squares line through (t, x) as (mean t, mean x, slope), in plain Python: a few
-    points, called for every detection."""
+def _line(t: list[float], x: list[float], prior_sigma_um: float) -> LineFit:
+    """Least-squares line through (t, x), in plain Python: a few points, called for every
+    detection. Its scatter is the track's own, shrunk towards the prior: two or three points
+    say little about it."""
     n = len(t)
     mt, mx = sum(t) / n, sum(x) / n
     stt = sum((ti - mt) ** 2 for ti in t)
     slope = sum((ti - mt) * (xi - mx) for ti, xi in zip(t, x)) / stt if stt > 0 else 0.0
-    return mt, mx, slope
+    ssr = sum((xi - mx - slope * (ti - mt)) ** 2 for ti, xi in zip(t, x))
+    sigma = math.sqrt((ssr + PRIOR_WEIGHT * prior_sigma_um**2) / (n - 2 + PRIOR_WEIGHT))
+    return LineFit(mt, mx, slope, n, stt if stt > 0 else math.inf, sigma)
+
+
+def _inside_any(boxes: np.ndarray, x: float, y: float) -> bool:
+    return bool(np.any((boxes[:, 0] <= x) & (x <= boxes[:, 1])
+                       & (boxes[:, 2] <= y) & (y <= boxes[:, 3])))
 
 
 @dataclass
@@ -91,11 +145,14 @@ class Tracker:
         field_width_um: float,
         tolerance_um: float,
         max_missed_frames: int,
+        max_hidden_frames: int = 0,
     ) -> None:
         self.flow = flow
         self.field_width_um = field_width_um
         self.tolerance_um = tolerance_um
         self.max_missed_frames = max_missed_frames
+        self.max_hidden_frames = max_hidden_frames
+        self.centroid_sigma_um = CENTROID_SIGMA_UM
         self.active: dict[int, Track] = {}
         self._ids = itertools.count(1)
 
@@ -106,10 +163,15 @@ class Tracker:
         x_um: np.ndarray,
         y_um: np.ndarray,
         reliable: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
     ) -> TrackerUpdate:
         """Link this frame's detections (positions in µm) to the active tracks;
         ``reliable[i]`` False marks a position not to fit velocities on (cut by the edge, or
-        merged with a neighbour)."""
+        merged with a neighbour). ``boxes`` (N, 4: x0, x1, y0, y1 µm), the detections'
+        extents: a track without a detection whose predicted centre lies inside one is
+        hidden in that blob (two cells touching segment as one) and coasts along its fitted
+        line for up to ``max_hidden_frames`` instead of ending; the cell is one track
+        again when the blob splits."""
         tracks = list(self.active.values())
         track_of = self._assign(tracks, t_s, x_um, y_um)
         ids = np.zeros(len(x_um), dtype=np.int64)
@@ -124,16 +186,22 @@ class Tracker:
             else:
                 matched.add(track.id)
             track.add(frame, t_s, float(x_um[i]), float(y_um[i]),
-                      True if reliable is None else bool(reliable[i]))
+                      True if reliable is None else bool(reliable[i]), self.centroid_sigma_um)
             ids[i] = track.id
         ended = []
         for track in tracks:
             if track.id in matched:
                 continue
-            track.misses += 1
-            gone = track.predict_x(t_s, self.flow) > self.field_width_um
-            if gone or track.misses > self.max_missed_frames:
+            x_pred = track.predict_x(t_s, self.flow)
+            if x_pred > self.field_width_um:
                 ended.append(self._end(track))
+            elif (track.hidden < self.max_hidden_frames and boxes is not None
+                    and _inside_any(boxes, x_pred, track.y_um[-1])):
+                track.hidden += 1
+            else:
+                track.misses += 1
+                if track.misses > self.max_missed_frames:
+                    ended.append(self._end(track))
         return TrackerUpdate(ids, new, ended)
 
     def finish(self) -> list[Track]:
@@ -144,6 +212,11 @@ class Tracker:
         del self.active[track.id]
         if track.n >= 4:
             self.flow.learn(track.mean_y(), track.velocity(self.flow))
+        fit = track.fit
+        if track.reliable_fit and fit.n >= SCATTER_MIN_POINTS:
+            var = self.centroid_sigma_um**2
+            var += SCATTER_LEARNING_RATE * (fit.sigma_um**2 - var)
+            self.centroid_sigma_um = math.sqrt(var)
         return track
 
     def _assign(
