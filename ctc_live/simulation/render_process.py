@@ -27,10 +27,12 @@ FRAME_TIMEOUT_S = 10.0
 
 
 class RenderProcess:
-    """``get(k)`` → frame k (uint16 copy), rendered at scene time k / fps by a child process.
+    """``get(k)`` → frame k (uint16), rendered at scene time k / fps by a child process.
 
-    Frames come in order; asking for a later k makes the child skip ahead (a camera that fell
-    behind), asking for an earlier one is an error.
+    The frame is a view of its shared-memory slot, valid until the next ``get``: the camera
+    copies it once, into the core's buffer (a copy here too cost the pipeline's process a
+    tenth of a millisecond per frame). Frames come in order; asking for a later k makes the
+    child skip ahead (a camera that fell behind), asking for an earlier one is an error.
     """
 
     def __init__(self, config, fps: float, start_frame: int = 0):
@@ -56,8 +58,12 @@ class RenderProcess:
         )
         self._process.start()
         self._first = True
+        self._held: int | None = None  # the slot the last frame given out lives in
 
     def get(self, k: int) -> np.ndarray:
+        if self._held is not None:
+            self._free.send(self._held)
+            self._held = None
         self._skip_to.value = k
         while True:
             timeout = START_TIMEOUT_S if self._first else FRAME_TIMEOUT_S
@@ -76,9 +82,8 @@ class RenderProcess:
                 continue
             if frame > k:
                 raise CtcLiveError(f"scene renderer is past frame {k} (at {frame})")
-            image = self._slots[slot].copy()
-            self._free.send(slot)
-            return image
+            self._held = slot
+            return self._slots[slot]
 
     def close(self) -> None:
         if self._process.is_alive():
@@ -93,9 +98,12 @@ class RenderProcess:
 
 
 def _render_loop(config_data, fps, shm_name, start_frame, free, ready, skip_to) -> None:
+    import cv2
+
     from ctc_live.config import Config
     from ctc_live.simulation.scene import FlowScene
 
+    cv2.setNumThreads(1)  # a second thread's hand-overs cost more than they save here
     shm = shared_memory.SharedMemory(name=shm_name)
     slots = None
     try:
@@ -106,7 +114,7 @@ def _render_loop(config_data, fps, shm_name, start_frame, free, ready, skip_to) 
         k = start_frame
         while (slot := free.recv()) is not None:
             k = max(k, skip_to.value)
-            slots[slot] = scene.render(k / fps)
+            scene.render(k / fps, out=slots[slot])
             ready.send((k, slot))
             k += 1
     except EOFError:  # the camera's process is gone

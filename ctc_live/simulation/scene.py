@@ -12,6 +12,7 @@ import bisect
 import logging
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from ctc_live.config import Config
@@ -202,12 +203,13 @@ class FlowScene:
 
     # ----- rendering --------------------------------------------------------------------
 
-    def render(self, t_s: float) -> np.ndarray:
-        """The bright-field frame whose exposure starts at scene time ``t_s``: uint16 (H, W)."""
+    def render(self, t_s: float, out: np.ndarray | None = None) -> np.ndarray:
+        """The bright-field frame whose exposure starts at scene time ``t_s``: uint16 (H, W),
+        written into ``out`` when given."""
         transmission = self.static_transmission.copy()
         self._paste(transmission, t_s, self._sprites, self.cell_sprite)
         signal = np.multiply(transmission, self.illumination, out=transmission)
-        return self._expose(signal, t_s, channel=0, sigma=self._sigma_empty)
+        return self._expose(signal, t_s, channel=0, sigma=self._sigma_empty, out=out)
 
     def render_fluorescence(self, t_s: float) -> np.ndarray:
         """The CTC-marker fluorescence frame of the same moment: uint16 (H, W)."""
@@ -220,7 +222,8 @@ class FlowScene:
         return self._expose(counts, t_s, channel=1)
 
     def _expose(
-        self, signal: np.ndarray, t_s: float, channel: int, sigma: np.ndarray | None = None
+        self, signal: np.ndarray, t_s: float, channel: int, sigma: np.ndarray | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Add shot and read noise, quantise to the camera's bit depth.
 
@@ -238,10 +241,14 @@ class FlowScene:
             np.sqrt(sigma, out=sigma)
             sigma *= window
         else:
-            sigma = np.multiply(sigma, window, out=self._noise_frame)
+            # OpenCV: three times numpy's speed on the strided noise window, same products.
+            sigma = cv2.multiply(sigma, window, dst=self._noise_frame)
         signal += sigma
         np.clip(signal, 0, self.full_scale, out=signal)
-        return signal.astype(np.uint16)
+        if out is None:
+            return signal.astype(np.uint16)
+        np.copyto(out, signal, casting="unsafe")
+        return out
 
     def _blur_px(self, cell: Cell) -> float:
         return cell.velocity_um_s * self.exposure_s / self.pixel_size_um
