@@ -269,7 +269,8 @@ class SorterConfig(Section):
     pulse_margin_um: NonNegativeFloat = Field(
         0.5,
         description="fixed half-length of travel the pulse covers around the predicted "
-        "crossing, on top of pulse_sigmas (the controller's timer and clock sync)",
+        "crossing, on top of pulse_sigmas: the controller's timer and clock sync (measured "
+        "with the emulator: pulse starts within ±120 µs of target, p1-p99)",
     )
     pulse_sigmas: NonNegativeFloat = Field(
         2.0,
@@ -277,7 +278,7 @@ class SorterConfig(Section):
         "the pulse covers on each side; longer pulses deflect more bystanders",
     )
     pulse_max_half_um: PositiveFloat = Field(
-        4.0,
+        3.0,
         description="most travel a pulse covers on each side of the predicted crossing: a "
         "track too uncertain for it gets this much, not a pulse that deflects its neighbours",
     )

@@ -9,6 +9,7 @@ raises ``queue.Full``, like the bounded queue it stands in for.
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import shutil
@@ -34,12 +35,14 @@ class RingSpec:
 
 
 SHM_DIR = "/dev/shm"
+PAGE_BYTES = mmap.PAGESIZE
 
 
 def create_shared_memory(nbytes: int, what: str) -> shared_memory.SharedMemory:
-    """A new block of ``nbytes``, refused clearly where the shared-memory filesystem is too
-    small: the block would be created anyway and the process killed (SIGBUS) on first use
-    (e.g. Docker's default 64 MB /dev/shm)."""
+    """A new block of ``nbytes``, its pages already mapped (see :func:`map_pages`); refused
+    clearly where the shared-memory filesystem is too small: the block would be created
+    anyway and the process killed (SIGBUS) on first use (e.g. Docker's default 64 MB
+    /dev/shm)."""
     if os.path.isdir(SHM_DIR):
         free = shutil.disk_usage(SHM_DIR).free
         if free < nbytes:
@@ -47,7 +50,17 @@ def create_shared_memory(nbytes: int, what: str) -> shared_memory.SharedMemory:
                 f"{what} needs {nbytes / 1e6:.0f} MB of shared memory but {SHM_DIR} has "
                 f"{free / 1e6:.0f} MB free (in Docker, run with e.g. --shm-size=512m)"
             )
-    return shared_memory.SharedMemory(create=True, size=nbytes)
+    block = shared_memory.SharedMemory(create=True, size=nbytes)
+    np.ndarray((block.size,), np.uint8, buffer=block.buf).fill(0)
+    return block
+
+
+def map_pages(block: shared_memory.SharedMemory) -> None:
+    """Touch one byte of every page of a block attached by this process. Pages are mapped on
+    first touch, and in this VM each first touch costs microseconds: a frame's 150 pages
+    added about a millisecond to each of the first frames through a ring, which made the
+    first second of every run fall behind."""
+    int(np.ndarray((block.size,), np.uint8, buffer=block.buf)[::PAGE_BYTES].sum())
 
 
 class FrameWriter:
@@ -100,6 +113,7 @@ class FrameReader:
     def __init__(self, spec: RingSpec):
         self._spec = spec
         self._shm = shared_memory.SharedMemory(name=spec.shm_name)
+        map_pages(self._shm)
         self._slots = np.ndarray((spec.slots, *spec.shape), np.uint16, buffer=self._shm.buf)
 
     def get(self):

@@ -366,3 +366,13 @@ def test_segment_cli_reference_method_and_bad_pixel_size(tmp_path, capsys):
         == 2
     )
     assert "--pixel-size" in capsys.readouterr().err
+
+
+def test_background_start_median_is_numpys_median():
+    from ctc_live.segmentation.flow import _median_of
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 15, 16):  # odd and even counts: even averages the middle two
+        frames = [(rng.random((30, 40)) * 4000).astype(np.float32) for _ in range(n)]
+        expected = np.median(np.stack(frames), axis=0).astype(np.float32)
+        assert np.array_equal(_median_of(frames), expected)

@@ -52,7 +52,7 @@ class RunningMedianBackground:
         if self.model is None:
             self._start.append(image.astype(np.float32))
             if len(self._start) >= self.start_frames:
-                self.model = np.median(np.stack(self._start), axis=0).astype(np.float32)
+                self.model = _median_of(self._start)
                 self._start.clear()
                 self.sigma = self._noise_sigma(image.astype(np.float32) - self.model)
                 log.info("background model ready (noise sigma %.1f counts)", self.sigma)
@@ -71,6 +71,19 @@ class RunningMedianBackground:
         sample = np.ascontiguousarray(diff[::4, ::4]).ravel()
         median = np.median(sample)
         return max(1.4826 * float(np.median(np.abs(sample - median))), 0.5)
+
+
+def _median_of(frames: list[np.ndarray]) -> np.ndarray:
+    """Pixel-wise median of float32 frames, as np.median gives it, in a quarter of its time
+    (the partition runs along contiguous memory): 90 ms at the start of every run stalled
+    segmentation long enough for the first cells' pulses to come too late."""
+    n = len(frames)
+    stack = np.stack(frames).reshape(n, -1).T.copy()
+    hi = n // 2
+    part = np.partition(stack, hi, axis=1)  # one kth: a list of two costs three times more
+    upper = part[:, hi]
+    lower = upper if n % 2 else part[:, :hi].max(axis=1)
+    return ((lower + upper) / 2).reshape(frames[0].shape).astype(np.float32)
 
 
 class FlowSegmenter:
@@ -118,7 +131,7 @@ class FlowSegmenter:
         # addWeighted is several times faster on float32 than on the uint16 frame itself.
         difference = cv2.addWeighted(diff, gain, diff, 0.0, 128.0, dtype=cv2.CV_8U)
         self.labels, cells = self.segmenter.segment(
-            difference, image, frame_number, crop_source=diff
+            difference, image, frame_number, crop_source=diff, contrast=diff
         )
         top = self.rows.start
         if top:

@@ -56,10 +56,13 @@ class RealtimeSegmenter:
         intensity: np.ndarray,
         frame_number: int = 0,
         crop_source: np.ndarray | None = None,
+        contrast: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[CellRecord]]:
         """Cells in ``image_u8``; mean intensities are read from ``intensity`` and crops from
-        ``crop_source`` (default: ``intensity``), both of the same shape. The returned label
-        image is reused by the next call: copy it to keep it."""
+        ``crop_source`` (default: ``intensity``), both of the same shape; given ``contrast``
+        (frame minus background), positions are contrast-weighted (see
+        ``records_from_shapes``). The returned label image is reused by the next call: copy
+        it to keep it."""
         mask = self.mask(image_u8)
         shapes = self.cell_shapes(mask)
         if self._labels is None or self._labels.shape != mask.shape:
@@ -76,6 +79,7 @@ class RealtimeSegmenter:
             self.pixel_size_um,
             self._labels,
             crop_source,
+            contrast,
         )
         self._drawn = [cell.bbox for cell in records]
         return self._labels, records

@@ -17,7 +17,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from ctc_live.errors import CtcLiveError
-from ctc_live.shared_frames import create_shared_memory
+from ctc_live.shared_frames import create_shared_memory, map_pages
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def _render_loop(config_data, fps, shm_name, start_frame, free, ready, skip_to) 
 
     cv2.setNumThreads(1)  # a second thread's hand-overs cost more than they save here
     shm = shared_memory.SharedMemory(name=shm_name)
+    map_pages(shm)
     slots = None
     try:
         config = Config.model_validate(config_data)

@@ -25,7 +25,7 @@ FIT_POINTS = 32
 # Prior scatter of a reliable centroid about the track's line (µm; measured on the simulator),
 # and how many observations' worth of weight it has against a track's own scatter. The
 # tracker replaces it by what its finished tracks measured.
-CENTROID_SIGMA_UM = 0.3
+CENTROID_SIGMA_UM = 0.2
 PRIOR_WEIGHT = 4
 SCATTER_MIN_POINTS = 6
 SCATTER_LEARNING_RATE = 0.02
