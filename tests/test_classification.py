@@ -210,7 +210,11 @@ def test_batch_classifier_batches_and_stamps(tmp_path):
     try:
         for i, c in enumerate(crops):
             assert stage.submit(("frame", i), c)
-        results = [stage.results.get(timeout=5) for _ in range(len(crops))]
+        results = []
+        while len(results) < len(crops):
+            batch = stage.results.get(timeout=5)
+            assert len({r.batch_size for r in batch}) == 1 and len(batch) == batch[0].batch_size
+            results += batch
     finally:
         stage.stop()
     assert sorted(r.key[1] for r in results) == list(range(30))
@@ -231,8 +235,10 @@ def test_drain_classifies_everything_submitted_into_a_shared_queue(tmp_path):
     for i in range(10):
         stage.submit(i, np.zeros((30, 30), np.float32))
     stage.start().drain()
-    assert sorted(shared.get_nowait().key for _ in range(10)) == list(range(10))
-    assert shared.empty() and stage.stats.batches >= 3
+    keys = []
+    while not shared.empty():
+        keys += [r.key for r in shared.get_nowait()]
+    assert sorted(keys) == list(range(10)) and stage.stats.batches >= 3
 
 
 def test_batch_classifier_counts_drops_when_full(tmp_path):
@@ -249,7 +255,7 @@ def test_a_lone_crop_waits_no_longer_than_max_wait(tmp_path):
                             max_wait_ms=20.0).start()
     try:
         stage.submit("only", np.zeros((30, 30), np.float32))
-        r = stage.results.get(timeout=5)
+        [r] = stage.results.get(timeout=5)
     finally:
         stage.stop()
     assert r.key == "only" and r.batch_size == 1

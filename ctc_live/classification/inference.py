@@ -168,9 +168,13 @@ class BatchClassifier:
     A batch closes when it holds ``max_batch`` crops or when its oldest crop has waited
     ``max_wait_ms``, so latency stays bounded at low rates and throughput high at high ones.
     ``submit`` never blocks: a full input queue drops the crop and counts it; results go to
-    ``results`` (bounded; pass your own queue to share one, e.g. a decider's inbox), and a
-    full results queue also counts its drops. ``threads`` sets
-    torch's CPU threads when the stage starts (0 leaves them).
+    ``results`` as one list of :class:`Classified` per batch (bounded; pass your own queue to
+    share one, e.g. a decider's inbox), and a full results queue also counts its drops.
+    ``threads`` sets torch's CPU threads when the stage starts (0 leaves them).
+
+    Every put on a queue someone waits on wakes that thread: this thread sleeps out its
+    batch window instead of waiting on the inbox crop by crop, and hands each batch on in
+    one put, so a batch costs two wake-ups, not two per crop.
     """
 
     def __init__(self, classifier: Classifier, max_batch: int = 64, max_wait_ms: float = 2.0,
@@ -221,12 +225,12 @@ class BatchClassifier:
                     return
                 continue
             batch = [first]
-            deadline = first[2] + self.max_wait_ns
+            left = (first[2] + self.max_wait_ns - time.monotonic_ns()) / 1e9
+            if left > 0 and self.inbox.qsize() < self.max_batch - 1:
+                self._stop.wait(left)
             while len(batch) < self.max_batch:
-                left = (deadline - time.monotonic_ns()) / 1e9
                 try:
-                    batch.append(self.inbox.get(timeout=left) if left > 0
-                                 else self.inbox.get_nowait())
+                    batch.append(self.inbox.get_nowait())
                 except queue.Empty:
                     break
             self._classify(batch)
@@ -241,8 +245,9 @@ class BatchClassifier:
         self.stats.crops += len(batch)
         self.stats.batch_ns.append(done - start)
         del self.stats.batch_ns[:-1000]
-        for (key, _, submitted), pi in zip(batch, p):
-            try:
-                self.results.put_nowait(Classified(key, float(pi), submitted, done, len(batch)))
-            except queue.Full:
-                self.stats.dropped_out += 1
+        results = [Classified(key, float(pi), submitted, done, len(batch))
+                   for (key, _, submitted), pi in zip(batch, p)]
+        try:
+            self.results.put_nowait(results)
+        except queue.Full:
+            self.stats.dropped_out += len(results)
