@@ -287,24 +287,24 @@ class FlowScene:
             entry = cache.get(cell.id)
             if entry is None:
                 sprite = make(cell)
-                entry = (sprite, sprite.shape[0] // 2)
+                # A zero column each side: the shifted sprite is one blend of two views.
+                entry = (np.pad(sprite, ((0, 0), (1, 1))), sprite.shape[0] // 2)
             live[cell.id] = entry
-            sprite, origin = entry
+            padded, origin = entry
             x = cell.x_um(t_s) / self.pixel_size_um - origin
             x0 = math.floor(x)
-            y0 = round(cell.y_um / self.pixel_size_um) - origin
             frac = x - x0
-            _add(image, sprite, y0, x0, 1.0 - frac)
-            _add(image, sprite, y0, x0 + 1, frac)
+            shifted = cv2.addWeighted(padded[:, 1:], 1.0 - frac, padded[:, :-1], frac, 0.0)
+            _add(image, shifted, round(cell.y_um / self.pixel_size_um) - origin, x0)
         cache.clear()
         cache.update(live)
 
 
-def _add(image: np.ndarray, sprite: np.ndarray, y0: int, x0: int, weight: float) -> None:
-    """image += weight × sprite with the sprite's corner at (y0, x0), clipped to the image."""
+def _add(image: np.ndarray, sprite: np.ndarray, y0: int, x0: int) -> None:
+    """image += sprite with the sprite's corner at (y0, x0), clipped to the image."""
     h, w = sprite.shape
     height, width = image.shape
     ys, xs = max(y0, 0), max(x0, 0)
     ye, xe = min(y0 + h, height), min(x0 + w, width)
-    if ys < ye and xs < xe and weight > 0:
-        image[ys:ye, xs:xe] += weight * sprite[ys - y0 : ye - y0, xs - x0 : xe - x0]
+    if ys < ye and xs < xe:
+        image[ys:ye, xs:xe] += sprite[ys - y0 : ye - y0, xs - x0 : xe - x0]
