@@ -266,14 +266,14 @@ class SorterConfig(Section):
         1500.0, description="from the image's left edge (x=0) to the sorting region's centre"
     )
     sort_region_um: PositiveFloat = Field(100.0, description="length of the sorting region")
-    pulse_margin_um: NonNegativeFloat = Field(
-        0.5,
-        description="fixed half-length of travel the pulse covers around the predicted "
-        "crossing, on top of pulse_sigmas: the controller's timer and clock sync (measured "
-        "with the emulator: pulse starts within ±120 µs of target, p1-p99)",
+    pulse_margin_us: NonNegativeFloat = Field(
+        100.0,
+        description="time the pulse covers on each side of the predicted crossing on top of "
+        "pulse_sigmas: the controller's own timing error (clock sync, timer; measured with "
+        "the emulator: starts within -85..+100 µs of target, p1-p99)",
     )
     pulse_sigmas: NonNegativeFloat = Field(
-        2.0,
+        1.5,
         description="standard errors of the track's predicted position at the sorter that "
         "the pulse covers on each side; longer pulses deflect more bystanders",
     )

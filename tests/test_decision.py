@@ -63,13 +63,13 @@ def line(velocity=5000.0, n=10, sigma_um=0.3, span_s=0.05):
 
 
 def test_pulse_is_centred_on_the_predicted_crossing():
-    sorter = SorterConfig(sort_distance_um=1500, pulse_margin_um=0.5, pulse_sigmas=2.5,
+    sorter = SorterConfig(sort_distance_um=1500, pulse_margin_us=100, pulse_sigmas=2.5,
                           pulse_max_half_um=100, min_pulse_us=100)
     fit = line()
     start_ns, width_us = plan_pulse(fit, camera_time_s=1.0, exposure_ns=10**9, sorter=sorter)
     crossing_ns = 10**9 + (1500 - 300) / 5000 * 1e9
     assert start_ns + width_us * 500 == pytest.approx(crossing_ns, abs=1)
-    half_um = 0.5 + 2.5 * fit.x_sigma(fit.t_at(1500))
+    half_um = 100e-6 * 5000 + 2.5 * fit.x_sigma(fit.t_at(1500))
     assert width_us == pytest.approx(2 * half_um / 5000 * 1e6)
 
 
