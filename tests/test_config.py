@@ -95,3 +95,13 @@ def test_cross_field_checks(tmp_path):
         load_config(write(tmp_path, "segmentation:\n  min_diameter_um: 40\n"))
     with pytest.raises(ConfigError, match="wider than the image"):
         load_config(write(tmp_path, "channel:\n  width_um: 1000\n"))
+
+
+def test_frame_ring_defaults_to_the_sorters_lead_time():
+    # Fastest cell 7.5 mm/s: (1500 - 320) µm in 157 ms, less 5 ms lead and 30 ms allowance.
+    assert load_config(None).frame_queue_slots() == 24  # at 200 fps
+    assert load_config(None, overrides={"camera": {"fps": 100}}).frame_queue_slots() == 12
+    explicit = load_config(None, overrides={"pipeline": {"frame_queue": 50}})
+    assert explicit.frame_queue_slots() == 50
+    near = load_config(None, overrides={"sorter": {"sort_distance_um": 400}})
+    assert near.frame_queue_slots() == 8  # never fewer: short hiccups must not drop frames

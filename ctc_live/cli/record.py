@@ -53,7 +53,7 @@ def run_record(args: argparse.Namespace) -> int:
         pixel_size_um=config.camera.pixel_size_um,
         config_yaml=config.to_yaml(),
     )
-    frames_q: queue.Queue = queue.Queue(maxsize=config.pipeline.frame_queue)
+    frames_q: queue.Queue = queue.Queue(maxsize=config.frame_queue_slots())
     acquisition = Acquisition(camera, frames_q)
     acquisition.start()
     last_scene_s = None

@@ -209,7 +209,7 @@ class SegmentationStage:
         cam = config.camera
         ctx = mp.get_context("spawn")  # never fork a process that runs threads
         self.frames = FrameQueue(FrameWriter(ctx, (cam.height, cam.width),
-                                             config.pipeline.frame_queue))
+                                             config.frame_queue_slots()))
         self._results, self._results_w = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
             target=analysis_loop,
