@@ -1,7 +1,6 @@
 """Tracking on synthetic flow: known cells, noisy detections, misses; one track per cell."""
 
 import numpy as np
-
 import pytest
 
 from ctc_live.tracking import FlowModel, Track, Tracker
