@@ -13,6 +13,8 @@ from ctc_live.errors import CtcLiveError
 
 log = logging.getLogger(__name__)
 
+RECORD_QUEUE = 64  # frames waiting for the disk (0.3 s at 200 fps)
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -53,7 +55,9 @@ def run_record(args: argparse.Namespace) -> int:
         pixel_size_um=config.camera.pixel_size_um,
         config_yaml=config.to_yaml(),
     )
-    frames_q: queue.Queue = queue.Queue(maxsize=config.frame_queue_slots())
+    # Not the live ring's default, which is sized by the sorter's lead time: here frames
+    # wait only for the disk, and a real camera's frames are lost when this is full.
+    frames_q: queue.Queue = queue.Queue(maxsize=config.pipeline.frame_queue or RECORD_QUEUE)
     acquisition = Acquisition(camera, frames_q)
     acquisition.start()
     last_scene_s = None

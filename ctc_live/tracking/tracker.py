@@ -131,7 +131,7 @@ class Track:
         self.hidden = 0
         if reliable:
             self._reliable.append(self.n - 1)
-        if len(self._reliable) == 2 and reliable:  # from now on, reliable ones only
+        if reliable and len(self._reliable) == 2:  # from now on, reliable ones only
             self._window = _Window(self.t_s[0], self.x_um[0])
             for i in self._reliable:
                 self._window.push(self.t_s[i], self.x_um[i])
@@ -139,7 +139,8 @@ class Track:
             if self._window is None:
                 self._window = _Window(t_s, x_um)
             self._window.push(t_s, x_um)
-        self.fit = self._window.line(prior_sigma_um) or self.fit
+        # None until the window holds two points (the first observation alone).
+        self.fit = self._window.line(prior_sigma_um)
 
     @property
     def reliable_fit(self) -> bool:
