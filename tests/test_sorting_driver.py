@@ -69,6 +69,34 @@ def test_clock_model_offset_and_drift_from_noisy_exchanges():
     assert abs(model.to_host_ns(truth) - host) < 60_000
 
 
+def test_clock_model_takes_the_hosts_wake_up_off_the_return_trip():
+    """Every PONG reaches the host 200 µs after the line delivers it (its reader's wake-up):
+    the fastest return trip is that much slower than the fastest outbound one. Told the
+    wake-up, the model's offset is unbiased; not told, it is off by half of it."""
+    wake_ns, offset_us = 200_000, 10e6
+
+    def offset_error(model):
+        rng = random.Random(5)
+        host = 1_000_000_000_000
+        for _ in range(300):
+            host += ms(20)
+            out, back = (round(rng.uniform(500, 1500) * 1000) for _ in range(2))
+            ctrl = offset_us + (host + out - 1_000_000_000_000) / 1000
+            model.add(SyncSample(host, host + out + back + wake_ns, round(ctrl)))
+        return model.to_controller_us(host) - (offset_us + (host - 1_000_000_000_000) / 1000)
+
+    told = ClockModel()
+    for _ in range(20):
+        told.add_receive_delay(wake_ns)
+    assert abs(offset_error(told)) < 15
+    assert offset_error(ClockModel()) == pytest.approx(-wake_ns / 2000, abs=15)
+
+
+def test_the_link_times_its_readers_wake_ups(link):
+    time.sleep(0.5)  # 25 probes at the default 20 ms
+    assert 0 < link.status()["reader_wake_us"] < 20_000
+
+
 def test_pulses_land_on_target_in_host_time(link):
     link.arm()
     # As many as the controller queues (16), all in flight at once.

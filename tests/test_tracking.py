@@ -130,3 +130,34 @@ def test_line_standard_error_matches_the_scatter_of_extrapolations():
         predicted.append(track.fit.x_at(far) - (10 + 5000 * far))
         sigmas.append(track.fit.x_sigma(far))
     assert np.std(predicted) == pytest.approx(np.median(sigmas), rel=0.15)
+
+
+def test_crossing_times_are_right_with_a_long_exposure():
+    """A moving cell's image is its mean position over the exposure: the tracker times it at
+    the exposure's middle, so the predicted arrival at the sorter is not early by half the
+    exposure (0.25 ms here, at 0.5 ms exposure)."""
+    from ctc_live.config import Config
+    from ctc_live.pipeline.segmenting import FrameAnalyser
+    from ctc_live.segmentation.flow import FlowSegmenter
+    from ctc_live.simulation import FlowScene
+
+    config = Config()
+    config.camera.exposure_ms = 0.5
+    config.simulation.seed = 5
+    scene = FlowScene(config)
+    analyser = FrameAnalyser(config, FlowSegmenter(config))
+    fps, sort_um = config.camera.fps, config.sorter.sort_distance_um
+    errors_ms = []
+    for number in range(400):
+        t = number / fps
+        scene.generate_until(t)
+        result = analyser.process(scene.render(t), number, t * 1000)
+        for d in result.detections:
+            if d.fit is None or d.fit.n < 8:
+                continue
+            near = [c for c in scene.visible_cells(t)
+                    if abs(c.y_um - d.y_um) < 2 and abs(c.x_um(t) - d.x_um) < 6]
+            if len(near) == 1:
+                errors_ms.append((d.fit.t_at(sort_um) - near[0].t_at_x(sort_um)) * 1000)
+    assert len(errors_ms) > 100
+    assert abs(np.median(errors_ms)) < 0.06, np.percentile(errors_ms, [10, 50, 90])

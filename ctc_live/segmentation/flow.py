@@ -38,6 +38,7 @@ class RunningMedianBackground:
         self.step_sigma = step_sigma
         self.model: np.ndarray | None = None  # float32
         self.sigma = 1.0
+        self.level = 1.0  # the model's mean, counts
         self.updates = 0
         self._start: list[np.ndarray] = []
         self._count = 0
@@ -55,6 +56,7 @@ class RunningMedianBackground:
                 self.model = _median_of(self._start)
                 self._start.clear()
                 self.sigma = self._noise_sigma(image.astype(np.float32) - self.model)
+                self.level = float(np.mean(self.model[::4, ::4]))
                 log.info("background model ready (noise sigma %.1f counts)", self.sigma)
             return
         if self._count % self.every:
@@ -63,6 +65,7 @@ class RunningMedianBackground:
         self.sigma = self._noise_sigma(diff)
         step = self.step_sigma * self.sigma
         cv2.add(self.model, cv2.max(cv2.min(diff, step), -step), dst=self.model)
+        self.level = float(np.mean(self.model[::4, ::4]))
         self.updates += 1
 
     @staticmethod
@@ -127,11 +130,12 @@ class FlowSegmenter:
             self.warmup_frames += 1
             return []
         diff = cv2.subtract(image, self.background.model, dtype=cv2.CV_32F)
-        gain = LEVELS_PER_SIGMA / self.background.sigma
+        relative = cv2.divide(diff, self.background.model)
+        gain = LEVELS_PER_SIGMA / self.background.sigma * self.background.level
         # addWeighted is several times faster on float32 than on the uint16 frame itself.
-        difference = cv2.addWeighted(diff, gain, diff, 0.0, 128.0, dtype=cv2.CV_8U)
+        difference = cv2.addWeighted(relative, gain, relative, 0.0, 128.0, dtype=cv2.CV_8U)
         self.labels, cells = self.segmenter.segment(
-            difference, image, frame_number, crop_source=diff, contrast=diff
+            difference, image, frame_number, crop_source=diff, contrast=relative
         )
         top = self.rows.start
         if top:

@@ -8,6 +8,13 @@ even the lowest-round-trip one. The offset comes from the exchanges of the last 
 (three once the rate is known); the drift (the controller crystal's rate error) from a
 straight-line fit through each second's intersection once they span long enough to tell a
 rate from noise.
+
+A PONG is stamped when the host's reader thread wakes for it, a PING before it is written:
+only the return trip includes the host's wake-up, so even the fastest return is slower than
+the fastest outbound trip, and the offset's midpoint came out late. The link times its
+reader's wake-ups (``add_receive_delay``) and the model takes a fast one (the 10th
+percentile of the recent ones: the fastest trips are those with fast wake-ups) off every
+receipt.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ RECENT_DRIFT_NS = 3_000_000_000  # ...and this much once it is fitted
 BUCKET_NS = 1_000_000_000
 MIN_DRIFT_SPAN_NS = 4_000_000_000
 MAX_DRIFT_PPM = 500.0
+RECEIVE_DELAYS = 150  # the reader's recent wake-ups (3 s of probes at the default rate)
+RECEIVE_DELAY_QUANTILE = 0.1  # not the minimum: a probe that finds the reader awake is fast
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +51,8 @@ class ClockModel:
     def __init__(self, drift_ppm: float = 0.0) -> None:
         self._samples: deque[SyncSample] = deque()
         self._rtts: deque[int] = deque(maxlen=1000)
+        self._receive_delays: deque[int] = deque(maxlen=RECEIVE_DELAYS)
+        self.receive_delay_ns = 0
         self.drift_ppm = drift_ppm
         self.ref_ns = 0
         self.offset_us = 0.0
@@ -61,10 +72,16 @@ class ClockModel:
             self._samples.popleft()
         self._fit_offset()
 
+    def add_receive_delay(self, delay_ns: int) -> None:
+        """One measured wake-up of the host's reader: from being woken to running."""
+        self._receive_delays.append(delay_ns)
+        self.receive_delay_ns = int(np.quantile(self._receive_delays, RECEIVE_DELAY_QUANTILE))
+
     def _arrays(self, since_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         chosen = [s for s in self._samples if s.sent_ns >= since_ns]
         sent = np.array([s.sent_ns for s in chosen], dtype=np.int64)
         received = np.array([s.received_ns for s in chosen], dtype=np.int64)
+        received -= self.receive_delay_ns
         ctrl = np.array([s.controller_us for s in chosen], dtype=np.float64)
         return sent, received, ctrl
 
