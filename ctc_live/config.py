@@ -289,11 +289,10 @@ class SorterConfig(Section):
     )
     reply_timeout_ms: PositiveFloat = 500.0
     ping_interval_ms: PositiveFloat = Field(
-        20.0,
+        50.0,
         description="one clock-sync exchange with the controller per this interval: the "
         "clock model keeps the fastest trips of the last seconds, and more exchanges find "
-        "faster ones (clock error p1-p99 -106..-19 µs at 20 ms, -236..+76 at 100 ms, "
-        "measured on the simulated rig)",
+        "faster ones, at the cost of a thread wake-up each (see README, Sorter trigger)",
     )
     emulator: EmulatorConfig = EmulatorConfig()
 

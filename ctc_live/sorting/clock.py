@@ -31,7 +31,7 @@ RECENT_DRIFT_NS = 3_000_000_000  # ...and this much once it is fitted
 BUCKET_NS = 1_000_000_000
 MIN_DRIFT_SPAN_NS = 4_000_000_000
 MAX_DRIFT_PPM = 500.0
-RECEIVE_DELAYS = 150  # the reader's recent wake-ups (3 s of probes at the default rate)
+RECEIVE_DELAYS = 100  # the reader's recent wake-ups (5 s of probes at the default rate)
 RECEIVE_DELAY_QUANTILE = 0.1  # not the minimum: a probe that finds the reader awake is fast
 
 
@@ -80,8 +80,7 @@ class ClockModel:
         self.receive_delay_ns = ordered[int(RECEIVE_DELAY_QUANTILE * (len(ordered) - 1))]
 
     def _arrays(self, since_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # From the newest back: the offset's few seconds, not the drift's minute, a PONG
-        # every 20 ms.
+        # From the newest back: the offset's few seconds, not the drift's whole minute.
         chosen = list(itertools.takewhile(lambda s: s.sent_ns >= since_ns,
                                           reversed(self._samples)))[::-1]
         sent = np.array([s.sent_ns for s in chosen], dtype=np.int64)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 OUTCOMES = ("done", "missed", "cancelled", "error", "lost")
 # The controller's watchdog needs a line at least every 0.5 s; more exchanges also tighten
 # the clock model's bounds.
-PING_INTERVAL_S = 0.02
+PING_INTERVAL_S = 0.05
 SYNC_BURST = 16  # exchanges right after (re)connecting, before pulses are (re)sent
 OPEN_TIMEOUT_S = 3.0  # a board that resets on open (Arduino bootloader) answers within this
 
