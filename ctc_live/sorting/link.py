@@ -420,7 +420,11 @@ class SorterLink:
             if ser is None or self._probe_ns:
                 return
             self._probe_ns = self._last_probe_ns = time.monotonic_ns()
-        ser.cancel_read()
+        try:
+            ser.cancel_read()
+        except (serial.SerialException, OSError, AttributeError):  # closed meanwhile
+            with self._lock:
+                self._probe_ns = 0
 
     def _probe_answered(self, now: int) -> None:
         with self._lock:
