@@ -270,7 +270,7 @@ class SorterConfig(Section):
         100.0,
         description="time the pulse covers on each side of the predicted crossing on top of "
         "pulse_sigmas: the controller's own timing error (clock sync, timer; measured with "
-        "the emulator: starts within -68..+32 µs of target, p1-p99)",
+        "the emulator: starts within -62..+69 µs of target, p1-p99)",
     )
     pulse_sigmas: NonNegativeFloat = Field(
         1.5,
