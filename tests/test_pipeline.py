@@ -61,6 +61,7 @@ def test_short_simulated_run_end_to_end(tmp_path):
     assert truth["detection_recall"] > 0.9
     assert truth["cell_accuracy"] > 0.85
     assert summary["pulses"]["sent"] > 5
+    assert summary["latency_ms"]["pulse"]["count"] == summary["pulses"]["sent"]
     assert summary["pulses"]["lost"] == 0
     assert truth["recovery"] > 0.5
     # The run store holds the same cells and pulses.

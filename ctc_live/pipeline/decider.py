@@ -73,7 +73,11 @@ class Decider:
         self.latency = {
             "classification": LatencyHistogram(),  # crop queued → scored
             "decision": LatencyHistogram(),
+            # Exposure of the deciding frame → the chain's last action: FIRE written for a
+            # CTC with sorting on, else the decision.
             "end_to_end": LatencyHistogram(config.pipeline.deadline_ms),
+            # The same, for pulses only (exposure → FIRE written): the sorter's own path.
+            "pulse": LatencyHistogram(config.pipeline.deadline_ms),
         }
         self.states: dict[int, str] = {}  # track id → pending | ctc | wbc | uncertain
         # Decisions of finished tracks, for views of the last frame (bounded).
@@ -244,6 +248,7 @@ class Decider:
         sent_ns = time.monotonic_ns()
         ev.latency_ms = (sent_ns - ev.last_exposure_ns) / 1e6
         self.latency["end_to_end"].add(sent_ns - ev.last_exposure_ns)
+        self.latency["pulse"].add(sent_ns - ev.last_exposure_ns)
         self.counts.pulses["sent"] += 1
         row = {"pulse_id": pulse_id, "track_id": ev.track_id, "target_ns": target_ns,
                "width_us": width_us, "sent_ns": sent_ns, "outcome": "pending"}

@@ -6,8 +6,6 @@ import math
 
 from ctc_live.pipeline.snapshot import Snapshot
 
-LATENCY_STAGES = ("segmentation", "classification", "decision", "end_to_end")
-
 
 def build_summary(pipeline) -> dict:
     acq, seg, dec = pipeline.acquisition, pipeline.segmentation, pipeline.decider
