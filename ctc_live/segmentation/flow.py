@@ -1,7 +1,10 @@
 """The live path: cells moving past a static scene, segmented on the difference image.
 
 A running-median model of the static scene (channel walls, dirt on the optics, uneven
-illumination) is subtracted from every frame, so only what moves is left for the recipe.
+illumination) is subtracted from every frame, so only what moves is left for the recipe. The
+difference is divided by the model too: a cell changes the light by a fraction, so relative
+to the background it looks the same in a dim corner as in the bright middle, and its
+position is not pulled towards the brighter side of an illumination gradient.
 """
 
 from __future__ import annotations
@@ -95,9 +98,10 @@ class FlowSegmenter:
     Only the rows of the channel (config.channel, plus half the largest cell diameter on each
     side) are segmented: no cell can be outside it, and it halves the work on the rig.
     Frames seen while the background model starts (``segmentation.background_frames``) give
-    no cells; ``warmup_frames`` counts them. Crops are cut from the background-subtracted
-    frame, so walls and dirt behind a cell do not show in them; mean intensity is read from
-    the frame itself. Coordinates in the records are in the full frame;
+    no cells; ``warmup_frames`` counts them. Blobs and positions come from the relative
+    difference; crops are cut from the background-subtracted frame (as the classifier was
+    trained), so walls and dirt behind a cell do not show in them; mean intensity is read
+    from the frame itself. Coordinates in the records are in the full frame;
     ``labels`` holds the last frame's label image of the channel rows ``rows``.
     """
 
