@@ -288,11 +288,12 @@ class SorterConfig(Section):
         5.0, description="a pulse due sooner than this is a late decision and is not sent"
     )
     reply_timeout_ms: PositiveFloat = 500.0
-    ping_interval_ms: PositiveFloat = Field(
+    ping_interval_ms: Annotated[float, Field(gt=0, le=500)] = Field(
         50.0,
         description="one clock-sync exchange with the controller per this interval: the "
         "clock model keeps the fastest trips of the last seconds, and more exchanges find "
-        "faster ones, at the cost of a thread wake-up each (see README, Sorter trigger)",
+        "faster ones, at the cost of a thread wake-up each (see README, Sorter trigger); at "
+        "most 500, a quarter of the controller's 2 s watchdog",
     )
     emulator: EmulatorConfig = EmulatorConfig()
 

@@ -49,6 +49,10 @@ BAD_CONFIGS = {
         "camera:\n  core: micromanager\n",
         ["camera", "mm_config is required"],
     ),
+    "clock sync too rare": (
+        "sorter:\n  ping_interval_ms: 5000\n",
+        ["sorter.ping_interval_ms", "5000", "less than or equal to 500"],
+    ),
     "bad choice": ("classifier:\n  device: gpu\n", ["classifier.device", "'gpu'", "'auto', 'cpu' or 'cuda'"]),
     "unreadable yaml": ("camera: [unclosed\n", ["not valid YAML"]),
     "not a mapping": ("- a\n- b\n", ["expected a mapping"]),
