@@ -17,7 +17,7 @@ KEY_SCENE_TIME = "ctc-SceneTime-s"  # simulator scene time of exposure start
 class Frame:
     image: np.ndarray  # (H, W) uint16, 12-bit values
     number: int  # camera frame number, consecutive from 0 (gaps = lost frames)
-    camera_time_ms: float  # the camera's own timestamp
+    camera_time_ms: float  # the camera's own clock at the start of this frame's exposure
     exposure_ns: int  # host time.monotonic_ns() at the start of this frame's exposure
     popped_ns: int  # host time.monotonic_ns() when the acquisition thread popped it
     scene_time_s: float | None  # simulator (or replay of a sim recording): exposure start

@@ -163,9 +163,12 @@ class Acquisition(threading.Thread):
             camera_ms = float(md[KEY_CAMERA_TIME])
         else:
             # A real camera through MMCore: ElapsedTime-ms is stamped when the frame reached
-            # the core (exposure end), relative to the sequence start; map it to host time.
-            camera_ms = float(md["ElapsedTime-ms"])
-            exposure_ns = self._start_ns + round(camera_ms * 1e6) - self._exposure_ns
+            # the core (exposure end), relative to the sequence start. Camera time is the
+            # exposure's start, as our devices give it: the tracker and the trigger map it to
+            # host time through exposure_ns, and an end-of-exposure stamp against a start
+            # would put every pulse one exposure early.
+            camera_ms = float(md["ElapsedTime-ms"]) - self._exposure_ns / 1e6
+            exposure_ns = self._start_ns + round(camera_ms * 1e6)
         frame = Frame(
             image, number, camera_ms, exposure_ns, popped_ns, float(scene) if scene else None
         )
