@@ -162,6 +162,13 @@ class SegmentationConfig(Section):
     split_depth: Fraction = Field(
         0.35, description="watershed seeds: distance maxima at least this × the blob's maximum high"
     )
+    flow_split_eccentricity: Fraction = Field(
+        0.75, description="live flow: blobs more eccentric than this are tried for a split "
+        "too (cells in suspension are round, so an elongated blob is several cells)"
+    )
+    flow_split_depth: Fraction = Field(
+        0.1, description="live flow: split_depth for the blobs that are not single-cell shaped"
+    )
     max_aspect: PositiveFloat = Field(
         3.0, description="longer/shorter axis above this: a wall edge or streak, not a cell"
     )
@@ -223,6 +230,10 @@ class TrackingConfig(Section):
     )
     link_tolerance_um: PositiveFloat = Field(
         6.0, description="largest distance between a track's predicted and observed position"
+    )
+    fit_max_eccentricity: Fraction = Field(
+        0.6, description="more eccentric detections are linked but not fitted: a neighbour "
+        "merged into the blob pulls the centroid by µm (simulator: single cells ≤0.63 at p99)"
     )
     min_observations: PositiveInt = Field(3, description="crops needed before deciding early")
     max_crops_per_track: PositiveInt = 8

@@ -95,6 +95,7 @@ class FrameAnalyser:
         self.half_exposure_s = cam.exposure_ms / 2000
         self.leave_at_um = field_width_um - tracking.decide_margin_um
         self.max_crops = tracking.max_crops_per_track
+        self.fit_max_eccentricity = tracking.fit_max_eccentricity
         self._crops: dict[int, int] = {}
 
     def process(self, image: np.ndarray, number: int, camera_time_ms: float) -> FrameResult:
@@ -109,8 +110,9 @@ class FrameAnalyser:
         # Centroids of single cells inside the frame are good to ~0.3 µm; those cut by the edge
         # or merged with a neighbour are off by µm (measured on the simulator), too much for a
         # velocity the trigger extrapolates over a millimetre.
-        reliable = np.fromiter((c.single_cell and not c.touches_edge for c in cells), bool,
-                               len(cells))
+        reliable = np.fromiter(
+            (c.single_cell and not c.touches_edge and c.eccentricity <= self.fit_max_eccentricity
+             for c in cells), bool, len(cells))
         bx, by, bw, bh = np.array([c.bbox for c in cells], float).reshape(-1, 4).T
         boxes = np.stack([bx, bx + bw, by, by + bh], axis=1) * self.pixel_size_um
         update = self.tracker.update(number, t_s, x, y, reliable=reliable, boxes=boxes)

@@ -114,7 +114,7 @@ class FlowSegmenter:
         top = max(int((centre_um - half_um) / px), 0)
         bottom = min(int(np.ceil((centre_um + half_um) / px)), config.camera.height)
         self.rows = slice(top, bottom)
-        self.segmenter = RealtimeSegmenter(seg, px)
+        self.segmenter = RealtimeSegmenter(seg, px, flow=True)
         self.background = RunningMedianBackground(
             seg.background_frames, seg.background_every, seg.background_step
         )

@@ -28,10 +28,17 @@ _ZERO_BORDER = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
 
 
 class RealtimeSegmenter:
-    """Segments uint8 edge-ready images of one size class; kernels and buffers made once."""
+    """Segments uint8 edge-ready images of one size class; kernels and buffers made once.
 
-    def __init__(self, config: SegmentationConfig, pixel_size_um: float):
+    ``flow``: the cells are in suspension (the live path), so round: an elongated blob is
+    tried for a split too, at the config's ``flow_split_*`` settings.
+    """
+
+    def __init__(self, config: SegmentationConfig, pixel_size_um: float, flow: bool = False):
         self.config = config
+        # Eccentricity is at most 1: above 1 is never.
+        self._split_eccentricity = config.flow_split_eccentricity if flow else 1.1
+        self._split_depth = config.flow_split_depth if flow else config.split_depth
         self.pixel_size_um = pixel_size_um
         self.rules = ShapeRules.from_config(config, pixel_size_um)
         self.crops = CropNormaliser(config.crop_size)
@@ -142,15 +149,14 @@ class RealtimeSegmenter:
             shape = measure_contour(contour)
             if shape is None:
                 continue
-            if (
-                shape.solidity >= self.config.split_below_solidity
-                or shape.polygon_area < 2 * self.rules.min_area_px
-            ):
+            several = (
+                shape.solidity < self.config.split_below_solidity
+                or shape.eccentricity > self._split_eccentricity
+            )
+            if not several or shape.polygon_area < 2 * self.rules.min_area_px:
                 out.append(shape)
             else:
-                out.extend(
-                    measure_contours(split_contour(contour, shape.bbox, self.config.split_depth))
-                )
+                out.extend(measure_contours(split_contour(contour, shape.bbox, self._split_depth)))
         return out
 
 
