@@ -87,9 +87,10 @@ class FlowScene:
         self._noise = background.noise_bank(self.height, self.width, rng)
         self._gain = self.full_scale / FULL_SCALE_ELECTRONS  # counts per electron
         self._read_var = float(sim.read_noise) ** 2
-        empty = self.static_transmission * self.illumination
-        self._sigma_empty = np.sqrt(empty * self._gain + self._read_var).astype(np.float32)
-        self._noise_frame = np.empty_like(empty)
+        # The empty scene's light: each frame starts from a copy, and only the cells' sprites
+        # are scaled by the illumination (a full-frame product per frame cost 0.27 ms).
+        self._empty = self.static_transmission * self.illumination
+        self._sigma_empty = np.sqrt(self._empty * self._gain + self._read_var).astype(np.float32)
 
         self._cells: list[Cell] = []
         self._t_enter: list[float] = []
@@ -207,9 +208,8 @@ class FlowScene:
     def render(self, t_s: float, out: np.ndarray | None = None) -> np.ndarray:
         """The bright-field frame whose exposure starts at scene time ``t_s``: uint16 (H, W),
         written into ``out`` when given."""
-        transmission = self.static_transmission.copy()
-        self._paste(transmission, t_s, self._sprites, self.cell_sprite)
-        signal = np.multiply(transmission, self.illumination, out=transmission)
+        signal = self._empty.copy()
+        self._paste(signal, t_s, self._sprites, self.cell_sprite, self.illumination)
         return self._expose(signal, t_s, channel=0, sigma=self._sigma_empty, out=out)
 
     def render_fluorescence(self, t_s: float) -> np.ndarray:
@@ -241,10 +241,10 @@ class FlowScene:
             sigma += self._read_var
             np.sqrt(sigma, out=sigma)
             sigma *= window
+            signal += sigma
         else:
-            # OpenCV: three times numpy's speed on the strided noise window, same products.
-            sigma = cv2.multiply(sigma, window, dst=self._noise_frame)
-        signal += sigma
+            # OpenCV, in one pass: three times numpy's speed on the strided noise window.
+            cv2.accumulateProduct(sigma, window, signal)
         np.clip(signal, 0, self.full_scale, out=signal)
         if out is None:
             return signal.astype(np.uint16)
@@ -272,8 +272,11 @@ class FlowScene:
         """The cell's marker counts, placed like :meth:`cell_sprite`."""
         return fluorescence_sprite(self.morphology(cell), self._blur_px(cell))
 
-    def _paste(self, image: np.ndarray, t_s: float, cache: dict, make) -> None:
-        """Add every cell's sprite at its position; keep sprites only of cells still near.
+    def _paste(
+        self, image: np.ndarray, t_s: float, cache: dict, make, gain: np.ndarray | None = None
+    ) -> None:
+        """Add every cell's sprite (times ``gain`` under it, if given) at its position; keep
+        sprites only of cells still near.
 
         Along the flow the sprite is placed to a fraction of a pixel (split between two
         columns, linear interpolation, which moves its centroid by exactly that fraction):
@@ -295,16 +298,21 @@ class FlowScene:
             x0 = math.floor(x)
             frac = x - x0
             shifted = cv2.addWeighted(padded[:, 1:], 1.0 - frac, padded[:, :-1], frac, 0.0)
-            _add(image, shifted, round(cell.y_um / self.pixel_size_um) - origin, x0)
+            _add(image, shifted, round(cell.y_um / self.pixel_size_um) - origin, x0, gain)
         cache.clear()
         cache.update(live)
 
 
-def _add(image: np.ndarray, sprite: np.ndarray, y0: int, x0: int) -> None:
-    """image += sprite with the sprite's corner at (y0, x0), clipped to the image."""
+def _add(
+    image: np.ndarray, sprite: np.ndarray, y0: int, x0: int, gain: np.ndarray | None
+) -> None:
+    """image += sprite (× gain) with the sprite's corner at (y0, x0), clipped to the image."""
     h, w = sprite.shape
     height, width = image.shape
     ys, xs = max(y0, 0), max(x0, 0)
     ye, xe = min(y0 + h, height), min(x0 + w, width)
     if ys < ye and xs < xe:
-        image[ys:ye, xs:xe] += sprite[ys - y0 : ye - y0, xs - x0 : xe - x0]
+        part = sprite[ys - y0 : ye - y0, xs - x0 : xe - x0]
+        if gain is not None:
+            part = part * gain[ys:ye, xs:xe]
+        image[ys:ye, xs:xe] += part
