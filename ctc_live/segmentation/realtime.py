@@ -36,7 +36,7 @@ class RealtimeSegmenter:
 
     def __init__(self, config: SegmentationConfig, pixel_size_um: float, flow: bool = False):
         self.config = config
-        # Eccentricity is at most 1: above 1 is never.
+        # Eccentricity is at most 1, so 1.1 never asks for a split.
         self._split_eccentricity = config.flow_split_eccentricity if flow else 1.1
         self._split_depth = config.flow_split_depth if flow else config.split_depth
         self.pixel_size_um = pixel_size_um
