@@ -34,9 +34,8 @@ from ctc_live.sorting.emulator import SorterEmulator
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("done", "missed", "cancelled", "error", "lost")
-# The controller's watchdog needs a line at least every 0.5 s; more exchanges also tighten
-# the clock model's bounds.
-PING_INTERVAL_S = 0.05
+# The link's defaults are the config's: one source for both (see SorterConfig's fields).
+DEFAULTS = SorterConfig()
 SYNC_BURST = 16  # exchanges right after (re)connecting, before pulses are (re)sent
 OPEN_TIMEOUT_S = 3.0  # a board that resets on open (Arduino bootloader) answers within this
 
@@ -73,12 +72,12 @@ class SorterLink:
         self,
         port: str,
         *,
-        baudrate: int = 115200,
-        reply_timeout_s: float = 0.5,
-        min_lead_s: float = 0.005,
+        baudrate: int = DEFAULTS.baudrate,
+        reply_timeout_s: float = DEFAULTS.reply_timeout_ms / 1000,
+        min_lead_s: float = DEFAULTS.min_lead_ms / 1000,
         on_outcome: Callable[[PulseOutcome], None] | None = None,
         queue_size: int = 4096,
-        ping_interval_s: float = PING_INTERVAL_S,
+        ping_interval_s: float = DEFAULTS.ping_interval_ms / 1000,
         emulator: SorterEmulator | None = None,
     ) -> None:
         self.port = port
