@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,6 +226,24 @@ def test_batch_classifier_batches_and_stamps(tmp_path):
     got = np.array([r.p_ctc for r in sorted(results, key=lambda r: r.key[1])])
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert stage.stats.crops == 30 and stage.stats.dropped_in == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice is Linux's")
+def test_the_classifier_thread_runs_niced_and_the_rest_of_the_process_does_not(tmp_path):
+    def nice_of(tid: int) -> int:
+        # /proc/<pid>/task/<tid>/stat: field 19 is the nice value (after the "(name)" field).
+        return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+    _, path = _compact_model(tmp_path)
+    stage = BatchClassifier(load_classifier(path, device="cpu"), nice=7).start()
+    try:
+        stage.submit("one", np.zeros((30, 30), np.float32))
+        stage.results.get(timeout=5)  # the thread is past its start
+        base = nice_of(threading.get_native_id())
+        assert nice_of(stage._thread.native_id) == min(base + 7, 19)
+    finally:
+        stage.stop()
+    assert nice_of(threading.get_native_id()) == base
 
 
 def test_drain_classifies_everything_submitted_into_a_shared_queue(tmp_path):

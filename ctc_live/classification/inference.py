@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -170,7 +171,8 @@ class BatchClassifier:
     ``submit`` never blocks: a full input queue drops the crop and counts it; results go to
     ``results`` as one list of :class:`Classified` per batch (bounded; pass your own queue to
     share one, e.g. a decider's inbox), and a full results queue also counts its drops.
-    ``threads`` sets torch's CPU threads when the stage starts (0 leaves them).
+    ``threads`` sets torch's CPU threads when the stage starts (0 leaves them); ``nice``
+    lowers this thread's CPU priority (Linux; 0 leaves it).
 
     Every put on a queue someone waits on wakes that thread: this thread sleeps out its
     batch window instead of waiting on the inbox crop by crop, and hands each batch on in
@@ -179,9 +181,10 @@ class BatchClassifier:
 
     def __init__(self, classifier: Classifier, max_batch: int = 64, max_wait_ms: float = 2.0,
                  queue_size: int = 1024, threads: int = 1,
-                 results: queue.Queue | None = None):
+                 results: queue.Queue | None = None, nice: int = 0):
         self.classifier = classifier
         self.threads = threads
+        self.nice = nice
         self.max_batch = max_batch
         self.max_wait_ns = int(max_wait_ms * 1e6)
         self.inbox: queue.Queue = queue.Queue(queue_size)
@@ -215,6 +218,8 @@ class BatchClassifier:
             return False
 
     def _run(self) -> None:
+        if self.nice:
+            lower_thread_priority(self.nice)
         if self.threads:
             torch.set_num_threads(self.threads)  # process-wide: torch runs only here live
         while not self._stop.is_set():
@@ -251,3 +256,14 @@ class BatchClassifier:
             self.results.put_nowait(results)
         except queue.Full:
             self.stats.dropped_out += len(results)
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Add ``nice`` to the calling thread's nice value. Linux keeps it per thread, so the
+    process's other threads keep theirs; elsewhere, or where refused, it logs and goes on."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except (AttributeError, OSError) as exc:
+        log.warning("could not lower the %s thread's priority: %s",
+                    threading.current_thread().name, exc)

@@ -132,6 +132,7 @@ class Pipeline:
             queue_size=config.pipeline.crop_queue,
             threads=config.classifier.threads,
             results=self.decider.inbox,
+            nice=config.classifier.nice,
         )
         self.segmentation = SegmentationStage(
             config,
