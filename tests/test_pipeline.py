@@ -13,6 +13,7 @@ import pytest
 
 from ctc_live.classification import load_classifier
 from ctc_live.cli import main
+from ctc_live.cli.report import summarise_store
 from ctc_live.config import load_config
 from ctc_live.errors import CtcLiveError
 from ctc_live.pipeline import Pipeline
@@ -70,6 +71,10 @@ def test_short_simulated_run_end_to_end(tmp_path):
     assert sum(p["outcome"] == "done" for p in data["pulses"]) == summary["pulses"]["done"]
     assert data["run"]["status"] == "finished"
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    # Resident memory of the run's processes, sampled once a second into the frames table.
+    memory = summary["memory_mb"]
+    assert 50 < memory["first"] <= memory["max"] and memory["last"] <= memory["max"]
+    assert [f["rss_mb"] for f in data["frames"]][-1] == memory["last"]
 
 
 class SlowClassifier:
@@ -112,6 +117,7 @@ def test_kill_9_mid_run_then_report(tmp_path):
     data = read_run(run_dir)
     assert data["frames"] and data["cells"]
     assert main(["report", str(run_dir), "--json"]) == 0
+    assert summarise_store(run_dir)["memory_mb"]["max"] > 50
 
 
 def test_replay_gives_the_same_decisions_at_any_speed(tmp_path, capsys):

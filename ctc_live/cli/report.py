@@ -24,6 +24,8 @@ def summarise_store(run_dir: Path) -> dict:
     decisions = Counter(c["decision"] for c in data["cells"])
     outcomes = Counter(p["outcome"] for p in data["pulses"])
     latencies = sorted(c["latency_ms"] for c in data["cells"] if c["latency_ms"] is not None)
+    # Stores written before memory was sampled have no rss_mb column.
+    rss = [f["rss_mb"] for f in data["frames"] if f.get("rss_mb") is not None]
     return {
         "run_dir": str(run_dir),
         "status": run.get("status", "unknown"),
@@ -37,6 +39,7 @@ def summarise_store(run_dir: Path) -> dict:
         "cells": {"total": len(data["cells"]), **dict(decisions)},
         "pulses": dict(outcomes),
         "latency_ms_end_to_end": _percentiles(latencies),
+        "memory_mb": {"first": rss[0], "last": rss[-1], "max": max(rss)} if rss else None,
         "events": dict(Counter(f"{e['level']}:{e['kind']}" for e in data["events"])),
     }
 
@@ -69,6 +72,10 @@ def report_command(args: argparse.Namespace) -> int:
     print(f"  pulses: {report['pulses'] or 'none'}")
     if report["latency_ms_end_to_end"]:
         print(f"  end-to-end latency ms: {report['latency_ms_end_to_end']}")
+    if report["memory_mb"]:
+        m = report["memory_mb"]
+        print(f"  memory MB (resident, once a second): first {m['first']:.0f}, "
+              f"last {m['last']:.0f}, max {m['max']:.0f}")
     if report["events"]:
         print(f"  events: {report['events']}")
     if "summary" in report and "truth" in report["summary"]:

@@ -41,7 +41,7 @@ from ctc_live.pipeline.snapshot import (
     Start,
     Stop,
 )
-from ctc_live.pipeline.stats import LatencyHistogram
+from ctc_live.pipeline.stats import LatencyHistogram, MemoryMeter
 from ctc_live.storage import RunStore
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class Pipeline:
         self.sorter = None
         self.camera = None
         self.segmentation = None
+        self.memory = MemoryMeter()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -254,6 +255,7 @@ class Pipeline:
             "processed": self.segmentation.processed.total,
             "dropped": self.dropped(),
             "fps": self.segmentation.processed.rate,
+            "rss_mb": self.memory.sample(),
         })
 
     # -- views --------------------------------------------------------------------------------

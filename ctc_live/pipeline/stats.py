@@ -8,6 +8,9 @@ one update old, and the writer never waits.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+
 import numpy as np
 
 # Log-spaced bins from 10 µs to 10 s: fine where the pipeline lives, coarse where it fails.
@@ -62,3 +65,42 @@ class RateMeter:
         if elapsed >= 1.0:
             self.rate = (self.total - self._window_start_total) / elapsed
             self._window_start_ns, self._window_start_total = now_ns, self.total
+
+
+class MemoryMeter:
+    """Resident memory of this process and its child processes (renderer, segmentation,
+    dashboard), in MB, sampled by the run's monitor once a second; None where there is no
+    /proc. Shared memory (the frame rings) counts in every process that touches it, so the
+    figure is for watching growth, not a total of the machine's memory."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def sample(self) -> float | None:
+        mb = resident_mb()
+        if mb is not None:
+            self.samples.append(mb)
+        return mb
+
+    def summary(self) -> dict | None:
+        """First, last and largest sample, and the growth over the run's second half (the
+        first half includes start-up: rings and caches filling)."""
+        s = self.samples
+        if not s:
+            return None
+        return {"first": s[0], "last": s[-1], "max": max(s),
+                "second_half_growth": round(s[-1] - s[len(s) // 2], 1)}
+
+
+def resident_mb() -> float | None:
+    page_mb = os.sysconf("SC_PAGE_SIZE") / 1e6 if hasattr(os, "sysconf") else 0.0
+    pages = 0
+    for i, pid in enumerate([os.getpid()] + [p.pid for p in multiprocessing.active_children()]):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                pages += int(f.read().split()[1])
+        except OSError:
+            if i == 0:  # no /proc for this process: not Linux
+                return None
+            # A child that ended since it was listed holds no memory.
+    return round(pages * page_mb, 1)

@@ -37,6 +37,7 @@ def build_summary(pipeline) -> dict:
             for name, h in pipeline.latencies().items()
         },
         "deadline_ms": pipeline.config.pipeline.deadline_ms,
+        "memory_mb": pipeline.memory.summary(),
         "camera_error": None if acq.error is None else str(acq.error),
         "segmentation_error": seg.error,
     }

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS frames (
     produced INTEGER,              -- cumulative frames the camera produced
     processed INTEGER,             -- cumulative frames segmented
     dropped TEXT,                  -- cumulative drops by reason, JSON object
-    fps REAL                       -- processed frames per second over the last second
+    fps REAL,                      -- processed frames per second over the last second
+    rss_mb REAL                    -- resident memory of the program's processes, MB
 );
 CREATE TABLE IF NOT EXISTS cells (
     track_id INTEGER PRIMARY KEY,
@@ -71,7 +72,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 TABLE_COLUMNS = {
-    "frames": ["t_ns", "elapsed_s", "produced", "processed", "dropped", "fps"],
+    "frames": ["t_ns", "elapsed_s", "produced", "processed", "dropped", "fps", "rss_mb"],
     "cells": [
         "track_id", "first_frame", "last_frame", "n_obs", "n_scored", "x_first_um",
         "y_first_um", "x_last_um", "y_last_um", "velocity_um_s", "diameter_um", "p_ctc",
