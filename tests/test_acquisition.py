@@ -236,6 +236,32 @@ def test_record_command_writes_recording_and_ground_truth(tmp_path, capsys):
     assert "file exists" in capsys.readouterr().err
 
 
+class StallingQueue(queue.Queue):
+    """Every put holds the acquisition thread up, as a busy machine can."""
+
+    def put_nowait(self, item) -> None:
+        time.sleep(0.03)
+        super().put_nowait(item)
+
+
+def test_a_full_core_buffer_overwrites_frames_counted_as_overflow_not_an_error():
+    config = sim_config(fps=400)
+    config.camera.buffer_mb = 1  # one frame: each new one overwrites the one before
+    camera = open_camera(config, loop_frames=8)
+    out = StallingQueue()
+    acq = Acquisition(camera, out)
+    try:
+        got = collect(acq, out, 600, timeout_s=20)
+    finally:
+        camera.close()
+    check_accounting(acq, got)
+    assert acq.dropped["buffer_overflow"] > 300, acq.dropped
+    assert acq.dropped["queue_full"] == acq.dropped["camera_skipped"] == 0
+    # The camera's thread can overwrite the one frame left between the acquisition thread's
+    # count and its pop: that pop finds nothing, and the stream goes on.
+    assert acq._pop() is False
+
+
 def test_lossless_simulation_waits_for_a_slow_consumer_instead_of_dropping():
     camera = open_camera(sim_config(), lossless=True)
     out: queue.Queue = queue.Queue(maxsize=4)

@@ -103,8 +103,7 @@ class Acquisition(threading.Thread):
             camera.start()
             last_frame_ns = time.monotonic_ns()
             while not self._stop_event.is_set():
-                if core.getRemainingImageCount() > 0:
-                    self._pop()
+                if core.getRemainingImageCount() > 0 and self._pop():
                     last_frame_ns = time.monotonic_ns()
                     continue
                 if not camera.is_streaming():
@@ -137,11 +136,19 @@ class Acquisition(threading.Thread):
             self.finished.set()
 
     def _drain(self) -> None:
-        while self.camera.core.getRemainingImageCount() > 0:
-            self._pop()
+        while self.camera.core.getRemainingImageCount() > 0 and self._pop():
+            pass
 
-    def _pop(self) -> None:
-        image, md = self.camera.core.popNextImageAndMD()
+    def _pop(self) -> bool:
+        """Pop, stamp and deliver the oldest frame; False if the core had none after all:
+        the camera's thread may overwrite the last one (a full buffer) between the count and
+        the pop, which then shows as a gap in ImageNumber, counted as ``buffer_overflow``."""
+        try:
+            image, md = self.camera.core.popNextImageAndMD()
+        except (IndexError, RuntimeError):  # UniMMCore's and MMCore's "buffer is empty"
+            if self.camera.core.getRemainingImageCount() == 0:
+                return False
+            raise
         popped_ns = time.monotonic_ns()
         core_n = int(md["ImageNumber"])
         number = int(md.get(KEY_FRAME) or core_n)
@@ -177,6 +184,7 @@ class Acquisition(threading.Thread):
         self._deliver(frame)
         self.produced = number - self._base + 1
         self._update_fps(exposure_ns)
+        return True
 
     def _deliver(self, frame: Frame) -> None:
         if self.block:
