@@ -242,9 +242,10 @@ class Pipeline:
         """Once a second: close the rate windows and store the frame counters."""
         while not self._stop_requested.wait(1.0):
             self._sample()
-        self._sample()
+        self._sample(final=True)
 
-    def _sample(self) -> None:
+    def _sample(self, final: bool = False) -> None:
+        """``final``: after the stages stopped, whose processes are gone: no memory sample."""
         now = time.monotonic_ns()
         for meter in (self.segmentation.processed, self.decider.cell_rate, self.decider.ctc_rate):
             meter.tick(now)
@@ -255,7 +256,7 @@ class Pipeline:
             "processed": self.segmentation.processed.total,
             "dropped": self.dropped(),
             "fps": self.segmentation.processed.rate,
-            "rss_mb": self.memory.sample(),
+            "rss_mb": None if final else self.memory.sample(),
         })
 
     # -- views --------------------------------------------------------------------------------
