@@ -82,6 +82,7 @@ def test_cli_exits_nonzero_without_traceback(tmp_path):
         [sys.executable, "-m", "ctc_live", "config", "check", str(path)],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

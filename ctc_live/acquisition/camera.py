@@ -176,7 +176,7 @@ def _open_micromanager(config: Config) -> Camera:
     core = CMMCorePlus()
     try:
         core.loadSystemConfiguration(str(cam.mm_config))
-    except Exception as exc:  # the core raises RuntimeError or its own errors, with MM's text
+    except Exception as exc:  # noqa: BLE001 - the core raises RuntimeError or its own, with MM's text
         raise CameraError(
             f"{cam.mm_config}: Micro-Manager could not load this configuration: {exc}"
         ) from None

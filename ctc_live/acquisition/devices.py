@@ -69,7 +69,7 @@ class _StreamingCamera(CameraDevice):
         self.error = None
         try:
             yield from self._stream(n, get_buffer)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - kept and reported, see below
             # End the stream quietly and keep the reason: raised, it would only reach the
             # core thread's excepthook; the acquisition thread reports it instead.
             log.error("camera device stopped: %s", exc)

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import tifffile
@@ -143,7 +144,7 @@ class Recording:
         except RecordingError:
             self._tif.close()
             raise
-        except Exception as exc:  # whatever a garbled file makes tifffile raise
+        except Exception as exc:  # noqa: BLE001 - whatever a garbled file makes tifffile raise
             self._tif.close()
             raise RecordingError(
                 f"{self.path}: not a readable recording: {type(exc).__name__}: {exc}"
@@ -181,7 +182,7 @@ class Recording:
                     self.info.append(FrameInfo(**meta))
                     self._pages.append(page)
                     continue
-            except Exception as exc:  # a cut or garbled IFD: whatever tifffile raises
+            except Exception as exc:  # noqa: BLE001 - a cut or garbled IFD: whatever tifffile raises
                 problem = f"unreadable page ({type(exc).__name__}: {exc})"
             self.damage = (
                 f"{self.path}: recording damaged at frame index {i}: {problem}; "
@@ -211,7 +212,7 @@ class Recording:
             )
         try:
             return self._pages[index].asarray(out=out)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged page makes tifffile raise
             raise RecordingError(f"{self.path}: cannot read frame index {index}: {exc}") from None
 
     def frame(self, index: int) -> Frame:
@@ -224,7 +225,7 @@ class Recording:
     def close(self) -> None:
         self._tif.close()
 
-    def __enter__(self) -> Recording:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -261,7 +262,7 @@ class Recorder(threading.Thread):
         try:
             while (frame := self._queue.get()) is not None:
                 self.writer.append(frame)
-        except Exception as exc:  # disk full, permissions: reported by stop()
+        except Exception as exc:  # noqa: BLE001 - disk full, permissions: reported by stop()
             self.error = exc
             log.error("recorder stopped: %s", exc)
             self.dropped += 1
@@ -270,7 +271,7 @@ class Recorder(threading.Thread):
         finally:
             try:
                 self.writer.close()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported by stop(), like a write error
                 self.error = self.error or exc
 
     def stop(self, timeout: float = 30.0) -> None:

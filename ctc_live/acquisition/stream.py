@@ -130,7 +130,7 @@ class Acquisition(threading.Thread):
             try:
                 camera.stop()
                 self._drain()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the run's error, reported like the others
                 self.error = self.error or CameraError(f"camera error while stopping: {exc}")
             self._put_end()
             self.finished.set()

@@ -169,7 +169,7 @@ def analysis_loop(config_data: dict, segmenter, ring: RingSpec, results) -> None
                 continue
             try:
                 result = analyser.process(image, number, camera_time_ms)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - sent to the pipeline, which ends the run
                 failed = True
                 results.send(("failed", number, "".join(
                     traceback.format_exception_only(type(exc), exc)).strip()))

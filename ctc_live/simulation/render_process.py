@@ -128,7 +128,7 @@ def _render_loop(config_data, fps, shm_name, start_frame, free, ready, skip_to) 
             k += 1
     except EOFError:  # the camera's process is gone
         pass
-    except Exception as exc:  # reported to the camera, which ends the stream with it
+    except Exception as exc:  # noqa: BLE001 - reported to the camera, which ends the stream
         ready.send(f"{type(exc).__name__}: {exc}")
     finally:
         slots = None  # the view must go before the memory it views
