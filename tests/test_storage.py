@@ -65,3 +65,27 @@ def test_committed_rows_survive_kill_9(tmp_path, capsys):
 def test_report_on_a_directory_without_a_store(tmp_path):
     with pytest.raises(CtcLiveError, match="no run store"):
         read_run(tmp_path)
+
+
+def test_a_second_run_in_the_same_directory_is_refused_and_the_first_kept(tmp_path, capsys):
+    store = RunStore(tmp_path / "run.sqlite", commit_interval_s=0.1).start()
+    store.set("status", "finished")
+    store.close()
+    (tmp_path / "summary.json").write_text('{"first": true}\n')
+    with pytest.raises(CtcLiveError, match="already stored there"):
+        RunStore(tmp_path / "run.sqlite")
+    assert main(["run", "--headless", "--duration", "1", "--out", str(tmp_path)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert read_run(tmp_path)["run"] == {"status": "finished"}
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"first": True}
+    assert not (tmp_path / "run.log").exists()
+
+
+def test_default_run_directories_of_the_same_second_differ(tmp_path):
+    from ctc_live.cli.run import _new_run_dir
+
+    first = _new_run_dir(tmp_path)
+    first.mkdir()
+    second = _new_run_dir(tmp_path)
+    assert second != first and not second.exists()
+    assert second.parent == tmp_path

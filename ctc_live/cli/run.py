@@ -66,7 +66,10 @@ def run_pipeline(config, args: argparse.Namespace) -> int:
 
     if args.duration is not None and args.duration <= 0:
         raise CtcLiveError(f"--duration {args.duration}: expected a positive number of seconds")
-    run_dir = args.out or Path(config.storage.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.out or _new_run_dir(Path(config.storage.runs_dir))
+    if (run_dir / "run.sqlite").exists():
+        raise CtcLiveError(f"{run_dir} already holds a run (run.sqlite): give --out a new "
+                           "directory (nothing of that run was changed)")
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = log_to_file(run_dir / "run.log")
     try:
@@ -128,3 +131,13 @@ def _stop_on_signals(run) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+def _new_run_dir(runs_dir: Path) -> Path:
+    """runs_dir/<date>-<time>, with -2, -3, ... after it for runs started in the same second."""
+    base = runs_dir / time.strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir

@@ -98,6 +98,9 @@ class RunStore:
         self.written = 0
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        if self.path.exists():  # two runs in one store could not be told apart
+            raise CtcLiveError(f"{self.path}: a run is already stored there; a new run needs "
+                               "a new directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connect(self.path).close()  # create the schema now: a bad path fails at start
         self._thread = threading.Thread(target=self._run, name="store", daemon=True)
