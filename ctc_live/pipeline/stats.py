@@ -93,14 +93,18 @@ class MemoryMeter:
 
 
 def resident_mb() -> float | None:
-    page_mb = os.sysconf("SC_PAGE_SIZE") / 1e6 if hasattr(os, "sysconf") else 0.0
+    if not os.path.exists("/proc/self/statm"):  # not Linux
+        return None
+    try:
+        children = [p.pid for p in multiprocessing.active_children()]
+    except RuntimeError:  # another thread started a process meanwhile: no sample this time
+        return None
+    page_mb = os.sysconf("SC_PAGE_SIZE") / 1e6
     pages = 0
-    for i, pid in enumerate([os.getpid()] + [p.pid for p in multiprocessing.active_children()]):
+    for pid in [os.getpid(), *children]:
         try:
             with open(f"/proc/{pid}/statm") as f:
                 pages += int(f.read().split()[1])
-        except OSError:
-            if i == 0:  # no /proc for this process: not Linux
-                return None
-            # A child that ended since it was listed holds no memory.
+        except OSError:  # a child that ended since it was listed holds no memory
+            pass
     return round(pages * page_mb, 1)
