@@ -7,6 +7,7 @@ those cases skip (saying why) only where the AVR toolchain or simavr is not inst
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -92,12 +93,23 @@ class Backend:
     gate_log: Path | None = None
     runner_log: Path | None = None
 
-    def skip_timing_if_lagged(self) -> None:
-        """Host-time checks mean nothing once simavr fell behind real time (a busy host)."""
-        if self.runner_log is not None and "behind real time" in self.runner_log.read_text():
+    def mark(self) -> int:
+        """Where the simulator's log stands: the start of a timed stretch."""
+        return len(self.runner_log.read_text()) if self.runner_log is not None else 0
+
+    def skip_timing_if_lagged(self, since: int, tolerance_ms: float) -> None:
+        """A host-time check means nothing if simavr fell behind real time (a busy host) by
+        more than the check tolerates during the stretch since ``since``: its clock lags and
+        catches up, which a real board's never does. A lag before the stretch, or one far
+        below the tolerance, leaves the check to run."""
+        if self.runner_log is None:
+            return
+        lags = [float(m) for m in re.findall(
+            r"sorter-sim: ([\d.]+) ms behind real time", self.runner_log.read_text()[since:])]
+        if lags and max(lags) > tolerance_ms:
             pytest.skip(
-                "host-time tracking not judged: sorter-sim fell behind real time on "
-                "this busy machine (see its warning); protocol checks passed"
+                f"host-time tracking not judged: sorter-sim fell {max(lags)} ms behind real "
+                f"time during the check (tolerance {tolerance_ms} ms); protocol checks passed"
             )
 
 
@@ -192,6 +204,7 @@ def test_info_ping_status(wire, controller):
     assert int(fields["max_pending"]) == p.MAX_PENDING
 
     assert wire.request("PING 18446744073709551615", "PONG").split()[1] == "18446744073709551615"
+    mark = controller.mark()
     t0, h0 = wire.now(), time.monotonic()
     time.sleep(0.3)
     t1, h1 = wire.now(), time.monotonic()
@@ -200,7 +213,7 @@ def test_info_ping_status(wire, controller):
     assert status[1:6] == ["armed=0", "pending=0", "fired=0", "missed=0", "errors=0"]
     assert int(status[6].removeprefix("t=")) >= t1
     # The controller's µs clock runs at real time (within the pacing and serial jitter).
-    controller.skip_timing_if_lagged()
+    controller.skip_timing_if_lagged(mark, tolerance_ms=10)
     assert abs((t1 - t0) - (h1 - h0) * 1e6) < 20_000
 
 
@@ -376,6 +389,7 @@ def test_driver_against_controller(controller):
     try:
         link.arm()
         time.sleep(0.3)
+        mark = controller.mark()
         targets = [time.monotonic_ns() + 20_000_000 + i * 15_000_000 for i in range(10)]
         for target in targets:
             link.fire(target, 300)
@@ -385,5 +399,5 @@ def test_driver_against_controller(controller):
         link.close()
     assert [o.outcome for o in outcomes] == ["done"] * 10
     # Errors as the driver sees them: its clock model and the controller's DONE times.
-    controller.skip_timing_if_lagged()
+    controller.skip_timing_if_lagged(mark, tolerance_ms=0.25)
     assert max(abs(o.error_us) for o in outcomes) < 500
