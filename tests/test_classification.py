@@ -391,3 +391,18 @@ def _sha256(path):
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_flush_closes_the_batch_without_waiting_out_its_window(tmp_path):
+    _, path = _compact_model(tmp_path)
+    stage = BatchClassifier(load_classifier(path, device="cpu"), max_batch=64,
+                            max_wait_ms=3000.0).start()
+    try:
+        stage.submit("warm", np.zeros((30, 30), np.float32))
+        stage.results.get(timeout=10)  # after its 3 s window: torch is warm now
+        stage.submit("due", np.zeros((30, 30), np.float32))
+        stage.flush()
+        [r] = stage.results.get(timeout=5)
+    finally:
+        stage.stop()
+    assert r.key == "due" and (r.done_ns - r.submitted_ns) / 1e6 < 1000

@@ -192,6 +192,7 @@ class BatchClassifier:
         self.stats = BatchStats()
         self._stop = threading.Event()
         self._draining = threading.Event()
+        self._wake = threading.Event()  # stop() or flush(): the batch window ends now
         self._thread = threading.Thread(target=self._run, name="classifier", daemon=True)
 
     def start(self) -> BatchClassifier:
@@ -201,6 +202,7 @@ class BatchClassifier:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop now; crops still queued are left unclassified."""
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout)
 
     def drain(self, timeout: float = 30.0) -> None:
@@ -208,6 +210,11 @@ class BatchClassifier:
         self._draining.set()
         self._thread.join(timeout)
         self._stop.set()
+
+    def flush(self) -> None:
+        """Close the open batch now, without the rest of its window: the crops submitted so
+        far are due (their cell is leaving the field undecided, and its pulse waits)."""
+        self._wake.set()
 
     def submit(self, key: Hashable, crop: np.ndarray) -> bool:
         try:
@@ -232,7 +239,9 @@ class BatchClassifier:
             batch = [first]
             left = (first[2] + self.max_wait_ns - time.monotonic_ns()) / 1e9
             if left > 0 and self.inbox.qsize() < self.max_batch - 1:
-                self._stop.wait(left)
+                self._wake.wait(left)
+            if not self._stop.is_set():
+                self._wake.clear()
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self.inbox.get_nowait())

@@ -194,7 +194,7 @@ class SegmentationStage:
 
     def __init__(self, config: Config, segmenter, classifier, decider):
         self.config = config
-        self.classifier = classifier  # .submit(key, crop) -> bool
+        self.classifier = classifier  # .submit(key, crop) -> bool, .flush()
         # The decision thread: its inbox, and (read without locks) its `states` (track id →
         # pending | decision) and `inconclusive` tracks.
         self.decider = decider
@@ -339,6 +339,12 @@ class SegmentationStage:
             self.decisions.put(messages)
         # Held crops first: a track's crops are scored in the order they were taken.
         self._submit(self._release_held() + to_score)
+        # A cell leaving the field undecided waits for its crops' scores, and its pulse with
+        # it: they skip what is left of the classifier's batch window.
+        if any(d.leaving and states.get(d.track_id, "pending") == "pending"
+               for d in result.detections) or any(
+                states.get(track_id, "pending") == "pending" for track_id, _ in result.ended):
+            self.classifier.flush()
         self.detections += len(result.detections)
         self.latency.add(segmented_ns - frame.popped_ns)
         self.latest = (frame, tuple(views))
