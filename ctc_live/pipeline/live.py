@@ -76,6 +76,7 @@ class Pipeline:
         self.summary: dict | None = None
         self.started_ns = 0
         self.stopped = threading.Event()
+        self._stopping = threading.Event()  # stop() began: the stages' processes end
         self._stop_requested = threading.Event()
         self._lock = threading.Lock()
         self.recorder = None
@@ -197,6 +198,7 @@ class Pipeline:
         with self._lock:
             if self.summary is not None:
                 return self.summary
+            self._stopping.set()
             self.acquisition.stop()
             # The acquisition thread ends the stream with END_OF_STREAM after its last frame.
             self.segmentation.join()
@@ -242,10 +244,9 @@ class Pipeline:
         """Once a second: close the rate windows and store the frame counters."""
         while not self._stop_requested.wait(1.0):
             self._sample()
-        self._sample(final=True)
+        self._sample()
 
-    def _sample(self, final: bool = False) -> None:
-        """``final``: after the stages stopped, whose processes are gone: no memory sample."""
+    def _sample(self) -> None:
         now = time.monotonic_ns()
         for meter in (self.segmentation.processed, self.decider.cell_rate, self.decider.ctc_rate):
             meter.tick(now)
@@ -256,7 +257,8 @@ class Pipeline:
             "processed": self.segmentation.processed.total,
             "dropped": self.dropped(),
             "fps": self.segmentation.processed.rate,
-            "rss_mb": None if final else self.memory.sample(),
+            # Once stopping, the stages' processes end one by one: no memory sample.
+            "rss_mb": None if self._stopping.is_set() else self.memory.sample(),
         })
 
     # -- views --------------------------------------------------------------------------------
