@@ -269,10 +269,14 @@ def test_batch_classifier_counts_drops_when_full(tmp_path):
     assert stage.stats.dropped_in == 2
 
 
-def test_a_lone_crop_waits_no_longer_than_max_wait(tmp_path):
+def _lone_crop_stage(tmp_path, max_wait_ms: float) -> BatchClassifier:
     _, path = _compact_model(tmp_path)
-    stage = BatchClassifier(load_classifier(path, device="cpu"), max_batch=64,
-                            max_wait_ms=20.0).start()
+    return BatchClassifier(load_classifier(path, device="cpu"), max_batch=64,
+                           max_wait_ms=max_wait_ms).start()
+
+
+def test_a_lone_crop_waits_no_longer_than_max_wait(tmp_path):
+    stage = _lone_crop_stage(tmp_path, max_wait_ms=20.0)
     try:
         stage.submit("only", np.zeros((30, 30), np.float32))
         [r] = stage.results.get(timeout=5)
@@ -280,6 +284,19 @@ def test_a_lone_crop_waits_no_longer_than_max_wait(tmp_path):
         stage.stop()
     assert r.key == "only" and r.batch_size == 1
     assert (r.done_ns - r.submitted_ns) / 1e6 < 2000  # closed by the wait, not by a full batch
+
+
+def test_flush_closes_the_batch_without_waiting_out_its_window(tmp_path):
+    stage = _lone_crop_stage(tmp_path, max_wait_ms=3000.0)
+    try:
+        stage.submit("warm", np.zeros((30, 30), np.float32))
+        stage.results.get(timeout=10)  # after its 3 s window: torch is warm now
+        stage.submit("due", np.zeros((30, 30), np.float32))
+        stage.flush()
+        [r] = stage.results.get(timeout=5)
+    finally:
+        stage.stop()
+    assert r.key == "due" and (r.done_ns - r.submitted_ns) / 1e6 < 1000
 
 
 def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path):
@@ -391,18 +408,3 @@ def _sha256(path):
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_flush_closes_the_batch_without_waiting_out_its_window(tmp_path):
-    _, path = _compact_model(tmp_path)
-    stage = BatchClassifier(load_classifier(path, device="cpu"), max_batch=64,
-                            max_wait_ms=3000.0).start()
-    try:
-        stage.submit("warm", np.zeros((30, 30), np.float32))
-        stage.results.get(timeout=10)  # after its 3 s window: torch is warm now
-        stage.submit("due", np.zeros((30, 30), np.float32))
-        stage.flush()
-        [r] = stage.results.get(timeout=5)
-    finally:
-        stage.stop()
-    assert r.key == "due" and (r.done_ns - r.submitted_ns) / 1e6 < 1000
