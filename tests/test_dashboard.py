@@ -88,6 +88,9 @@ def test_counts_on_screen_match_the_snapshot(window, source):
     assert window.image.sort_line.isVisible() and window.image.sort_line.value() == 560
     assert window.run.fields["config"].text() == "sim"
     assert window.run.fields["threshold"].text() == "0.50"
+    assert window.run.fields["memory"].text() == "—"  # the scene alone: no run's processes
+    window.run.update_from(dataclasses.replace(snap, memory_mb=1234.4))
+    assert window.run.fields["memory"].text() == "1,234 MB"
 
 
 def test_overlays_follow_the_next_frame(window, source):

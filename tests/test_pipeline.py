@@ -17,6 +17,7 @@ from ctc_live.cli.report import summarise_store
 from ctc_live.config import load_config
 from ctc_live.errors import CtcLiveError
 from ctc_live.pipeline import Pipeline
+from ctc_live.pipeline.summary import status_line
 from ctc_live.storage import read_run
 
 SUMMARY_KEYS = [
@@ -51,6 +52,9 @@ def sim_config(**overrides):
 def test_short_simulated_run_end_to_end(tmp_path):
     pipeline = Pipeline(sim_config(), tmp_path).start()
     pipeline.wait(4.0)
+    snap = pipeline.snapshot()
+    assert snap.memory_mb in pipeline.memory.samples
+    assert f"mem {snap.memory_mb:.0f} MB" in status_line(snap)
     summary = pipeline.stop()
     for key in SUMMARY_KEYS:
         lookup(summary, key)  # present

@@ -303,7 +303,8 @@ class RunPanel(QtWidgets.QGroupBox):
         self.setStyleSheet("QGroupBox { font-size: 14px; font-weight: bold }")
         self.fields: dict[str, QtWidgets.QLabel] = {}
         form = QtWidgets.QFormLayout(self)
-        for key in ("state", "config", "run dir", "elapsed", "recording", "threshold"):
+        for key in ("state", "config", "run dir", "elapsed", "recording", "threshold",
+                    "memory"):
             label = QtWidgets.QLabel("—")
             label.setStyleSheet("font-size: 13px; font-weight: normal")
             label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -320,3 +321,4 @@ class RunPanel(QtWidgets.QGroupBox):
         f["elapsed"].setText(format_elapsed(snap.elapsed_s))
         f["recording"].setText(_flag(snap.recording, "REC", "off", RED, GREY))
         f["threshold"].setText(f"{snap.threshold:.2f}")
+        f["memory"].setText("—" if snap.memory_mb is None else f"{snap.memory_mb:,.0f} MB")

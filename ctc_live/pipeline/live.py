@@ -311,6 +311,7 @@ class Pipeline:
                    "ctc_per_s": self.decider.ctc_rate.rate},
             latency={name: _latency_view(h) for name, h in self.latencies().items()},
             sorter=self._sorter_view(),
+            memory_mb=self.memory.samples[-1] if self.memory.samples else None,
         )
 
     def _sorter_view(self) -> SorterView:

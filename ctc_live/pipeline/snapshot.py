@@ -70,6 +70,7 @@ class Snapshot:
     rates: dict[str, float]  # fps, cells_per_s, ctc_per_s (recent)
     latency: dict[str, LatencyView]  # by stage: segmentation, classification, decision, end_to_end
     sorter: SorterView
+    memory_mb: float | None = None  # resident, the run's processes: the last one-second sample
 
     @property
     def frame_age_ms(self) -> float | None:

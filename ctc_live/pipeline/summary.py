@@ -95,4 +95,5 @@ def status_line(s: Snapshot) -> str:
         f"CTC {c['ctc']:4d}  uncertain {c['uncertain']:3d}  pulses {c['pulses_sent']:4d} "
         f"(done {c['pulses_done']}, missed {c['pulses_missed']}, lost {c['pulses_lost']})  "
         f"drops {drops}  e2e p99 {p99} ms"
+        + ("" if s.memory_mb is None else f"  mem {s.memory_mb:.0f} MB")
     )
