@@ -54,6 +54,8 @@ BAD_CONFIGS = {
         ["sorter.ping_interval_ms", "5000", "less than or equal to 500"],
     ),
     "bad choice": ("classifier:\n  device: gpu\n", ["classifier.device", "'gpu'", "'auto', 'cpu' or 'cuda'"]),
+    "nice out of range": ("classifier:\n  nice: 25\n", ["classifier.nice", "25", "less than or equal to 19"]),
+    "removed key": ("sorter:\n  sort_region_um: 100\n", ["sorter.sort_region_um", "unknown key"]),
     "unreadable yaml": ("camera: [unclosed\n", ["not valid YAML"]),
     "not a mapping": ("- a\n- b\n", ["expected a mapping"]),
 }
