@@ -63,34 +63,41 @@ def line(velocity=5000.0, n=10, sigma_um=0.3, span_s=0.05):
 
 
 def test_pulse_is_centred_on_the_predicted_crossing():
-    sorter = SorterConfig(sort_distance_um=1500, pulse_margin_us=100, pulse_sigmas=2.5,
-                          pulse_max_half_um=100, min_pulse_us=100)
+    sorter = SorterConfig(sort_distance_um=1500, pulse_margin_us=100, pulse_margin_um=0.2,
+                          pulse_sigmas=2.5, pulse_max_half_um=100, min_pulse_us=100)
     fit = line()
-    start_ns, width_us = plan_pulse(fit, camera_time_s=1.0, exposure_ns=10**9, sorter=sorter)
+    start_ns, width_us = plan_pulse(fit, False, camera_time_s=1.0, exposure_ns=10**9,
+                                    sorter=sorter)
     crossing_ns = 10**9 + (1500 - 300) / 5000 * 1e9
     assert start_ns + width_us * 500 == pytest.approx(crossing_ns, abs=1)
-    half_um = 100e-6 * 5000 + 2.5 * fit.x_sigma(fit.t_at(1500))
+    half_um = 100e-6 * 5000 + 0.2 + 2.5 * fit.x_sigma(fit.t_at(1500))
     assert width_us == pytest.approx(2 * half_um / 5000 * 1e6)
 
 
-def test_pulse_covers_the_uncertainty_of_the_track_line():
+def test_a_trusted_line_gets_the_margins_alone():
+    sorter = SorterConfig(pulse_margin_us=100, pulse_margin_um=0.2, min_pulse_us=1)
+    _, width_us = plan_pulse(line(n=12, span_s=0.06, sigma_um=1.0), True, 1.0, 0, sorter)
+    assert width_us == pytest.approx(2 * (100e-6 * 5000 + 0.2) / 5000 * 1e6)
+
+
+def test_an_untrusted_pulse_covers_the_uncertainty_of_the_track_line():
     sorter = SorterConfig(min_pulse_us=1, max_pulse_us=20_000, pulse_max_half_um=100)
-    _, long_track = plan_pulse(line(n=12, span_s=0.06), 1.0, 0, sorter)
-    _, short_track = plan_pulse(line(n=3, span_s=0.01), 1.0, 0, sorter)
-    _, noisy_track = plan_pulse(line(n=12, span_s=0.06, sigma_um=1.0), 1.0, 0, sorter)
+    _, long_track = plan_pulse(line(n=12, span_s=0.06), False, 1.0, 0, sorter)
+    _, short_track = plan_pulse(line(n=3, span_s=0.01), False, 1.0, 0, sorter)
+    _, noisy_track = plan_pulse(line(n=12, span_s=0.06, sigma_um=1.0), False, 1.0, 0, sorter)
     # Extrapolating a short stretch over a millimetre is uncertain: a longer pulse.
     assert short_track > 3 * long_track
     assert noisy_track > 2 * long_track
     # Never longer than the cap: a very uncertain track would deflect its neighbours.
     capped = SorterConfig(min_pulse_us=1, pulse_max_half_um=4.0)
-    assert plan_pulse(line(n=3, span_s=0.01), 1.0, 0, capped)[1] == pytest.approx(
+    assert plan_pulse(line(n=3, span_s=0.01), False, 1.0, 0, capped)[1] == pytest.approx(
         2 * 4.0 / 5000 * 1e6)
 
 
 def test_pulse_width_is_clamped_to_the_safety_limits():
     sorter = SorterConfig(min_pulse_us=500, max_pulse_us=800, pulse_max_half_um=1e6)
-    _, fast = plan_pulse(line(velocity=1e6), 1.0, 0, sorter)
-    _, slow = plan_pulse(line(velocity=1.0), 1.0, 0, sorter)
+    _, fast = plan_pulse(line(velocity=1e6), False, 1.0, 0, sorter)
+    _, slow = plan_pulse(line(velocity=1.0), False, 1.0, 0, sorter)
     assert (fast, slow) == (500, 800)
     assert not math.isnan(fast)
 

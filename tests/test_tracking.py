@@ -200,3 +200,27 @@ def test_a_blob_merged_with_a_passing_neighbour_is_linked_but_not_fitted():
     assert fitted < seen and fitted_all > fitted  # the merged frames are left out
     assert error < 0.5, error
     assert error_all > 2 * error, (error_all, error)
+
+
+def test_a_line_is_trusted_with_enough_reliable_points_and_no_touching_neighbour():
+    def track(n=10, unreliable=(), touching=()):
+        t = Track(1)
+        for i in range(n):
+            t.add(i, i / FPS, 25.0 * i, 120.0, reliable=i not in unreliable,
+                  touching=i in touching)
+        return t
+
+    assert track().trusted
+    assert track(unreliable=(0,)).trusted  # a cell entering is cut by the edge for a frame
+    assert not track(n=7).trusted
+    assert not track(unreliable=(0, 5)).trusted
+    assert not track(touching=(4,)).trusted  # once touched, the slope may hide the pull
+
+
+def test_detections_touching_as_circles():
+    from ctc_live.pipeline.segmenting import TOUCH_GAP_UM, touching
+
+    x = np.array([0.0, 12.0 + TOUCH_GAP_UM - 0.1, 100.0])
+    flags = touching(x, np.zeros(3), np.full(3, 12.0))
+    assert flags.tolist() == [True, True, False]
+    assert touching(x[:1], np.zeros(1), np.full(1, 12.0)).tolist() == [False]

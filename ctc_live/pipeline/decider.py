@@ -159,6 +159,7 @@ class Decider:
         ev.n_obs += 1
         ev.exposure_ns, ev.x_um, ev.y_um = obs.exposure_ns, obs.x_um, obs.y_um
         ev.velocity_um_s, ev.fit, ev.camera_time_s = obs.velocity_um_s, obs.fit, obs.camera_time_s
+        ev.trusted = obs.trusted
         ev.diameters.append(obs.diameter_um)
         if obs.crop is not None:
             ev.crops += 1
@@ -234,7 +235,8 @@ class Decider:
         if ev.fit is None or not math.isfinite(ev.fit.velocity) or ev.fit.velocity <= 0:
             self._record_late(ev, "no velocity estimate")
             return
-        target_ns, width_us = plan_pulse(ev.fit, ev.camera_time_s, ev.exposure_ns, sorter_cfg)
+        target_ns, width_us = plan_pulse(ev.fit, ev.trusted, ev.camera_time_s, ev.exposure_ns,
+                                      sorter_cfg)
         lead_ms = (target_ns - time.monotonic_ns()) / 1e6
         if lead_ms < sorter_cfg.min_lead_ms:
             self._record_late(ev, f"pulse due in {lead_ms:.1f} ms")

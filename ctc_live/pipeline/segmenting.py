@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 END_OF_STREAM = None
 START_TIMEOUT_S = 60.0  # the process imports numpy, OpenCV and the package
+# Detections this close (µm, edge to edge) are touching: each pulls the other's centroid.
+TOUCH_GAP_UM = 2.0
 
 
 def flow_model(config: Config) -> FlowModel:
@@ -64,6 +66,7 @@ class Detection:
     diameter_um: float
     velocity_um_s: float  # fitted, or the flow profile's before two observations
     fit: LineFit | None  # the track's line: the trigger extrapolates it to the sorter
+    trusted: bool  # the line needs no widening by its standard error (Track.trusted)
     leaving: bool  # the cell will be out of the field by the next frame
     x_px: float
     y_px: float
@@ -77,6 +80,16 @@ class FrameResult:
     segmented_ns: int
     detections: list[Detection]
     ended: list[tuple[int, int]]  # (track id, frame of its last detection)
+
+
+def touching(x_um: np.ndarray, y_um: np.ndarray, diameter_um: np.ndarray) -> np.ndarray:
+    """Which detections come within ``TOUCH_GAP_UM`` (edge to edge, as circles) of another."""
+    if len(x_um) < 2:
+        return np.zeros(len(x_um), bool)
+    gap = (np.hypot(x_um[:, None] - x_um, y_um[:, None] - y_um)
+           - (diameter_um[:, None] + diameter_um) / 2)
+    np.fill_diagonal(gap, np.inf)
+    return gap.min(axis=1) < TOUCH_GAP_UM
 
 
 class FrameAnalyser:
@@ -115,7 +128,9 @@ class FrameAnalyser:
              for c in cells), bool, len(cells))
         bx, by, bw, bh = np.array([c.bbox for c in cells], float).reshape(-1, 4).T
         boxes = np.stack([bx, bx + bw, by, by + bh], axis=1) * self.pixel_size_um
-        update = self.tracker.update(number, t_s, x, y, reliable=reliable, boxes=boxes)
+        diameters = np.fromiter((c.diameter_um for c in cells), float, len(cells))
+        update = self.tracker.update(number, t_s, x, y, reliable=reliable, boxes=boxes,
+                                     touching=touching(x, y, diameters))
         flow = self.tracker.flow
         detections = []
         for cell, track_id in zip(cells, update.track_ids.tolist()):
@@ -128,7 +143,7 @@ class FrameAnalyser:
                 crop = cell.crop
                 self._crops[track_id] = sent + 1
             detections.append(Detection(
-                track_id, x_um, cell.y_um, cell.diameter_um, velocity, track.fit,
+                track_id, x_um, cell.y_um, cell.diameter_um, velocity, track.fit, track.trusted,
                 x_um + velocity * self.frame_interval_s > self.leave_at_um,
                 cell.x_px, cell.y_px, cell.bbox, crop,
             ))
@@ -316,7 +331,7 @@ class SegmentationStage:
             obs = Observation(
                 d.track_id, frame.number, frame.exposure_ns, segmented_ns, frame.scene_time_s,
                 frame.camera_time_ms / 1000, d.x_um, d.y_um, d.diameter_um, d.velocity_um_s,
-                d.fit, d.leaving,
+                d.fit, d.trusted, d.leaving,
                 crop=d.crop if scored else None,
                 crop_index=crop_index if scored else -1,
             )

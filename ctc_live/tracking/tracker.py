@@ -31,6 +31,15 @@ PRIOR_WEIGHT = 4
 SCATTER_MIN_POINTS = 6
 SCATTER_LEARNING_RATE = 0.02
 
+# A track whose line is trusted for the trigger: fitted to this many reliable observations, at
+# most this many unreliable ones (a cell entering is cut by the edge for a frame), and never
+# touching another detection. Such lines were within 0.5 µm of the true crossing at the sorter
+# for 98% of tracks, the others for 52% (simulator, 200 fps, 1,957 tracks): a neighbour pulls
+# the centroids by a drifting amount, which the line absorbs into its slope, unseen in its
+# scatter.
+TRUSTED_MIN_POINTS = 8
+TRUSTED_MAX_UNRELIABLE = 1
+
 
 @dataclass(frozen=True, slots=True)
 class LineFit:
@@ -108,6 +117,7 @@ class Track:
     frames: list[int] = field(default_factory=list)
     misses: int = 0
     hidden: int = 0  # consecutive frames predicted inside another detection's blob
+    touched: bool = False  # ever within touching distance of another detection
     fit: LineFit | None = None  # to the last reliable observations; None until two
     _reliable: list[int] = field(default_factory=list)  # indices of reliable observations
     _window: _Window | None = None  # what ``fit`` is fitted to
@@ -118,7 +128,7 @@ class Track:
 
     def add(
         self, frame: int, t_s: float, x_um: float, y_um: float, reliable: bool = True,
-        prior_sigma_um: float = CENTROID_SIGMA_UM,
+        prior_sigma_um: float = CENTROID_SIGMA_UM, touching: bool = False,
     ) -> None:
         """Append an observation. Unreliable ones (a cell cut by the frame edge, whose
         centroid is pulled inwards, or merged with a neighbour) are linked but fitted only
@@ -129,6 +139,7 @@ class Track:
         self.frames.append(frame)
         self.misses = 0
         self.hidden = 0
+        self.touched |= touching
         if reliable:
             self._reliable.append(self.n - 1)
         if reliable and len(self._reliable) == 2:  # from now on, reliable ones only
@@ -146,6 +157,13 @@ class Track:
     def reliable_fit(self) -> bool:
         """Whether the line is fitted to reliable observations only."""
         return len(self._reliable) >= 2
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the line can be extrapolated to the sorter on its margins alone (see
+        ``TRUSTED_MIN_POINTS``); otherwise the trigger widens the pulse by its standard error."""
+        return (not self.touched and self.fit is not None and self.fit.n >= TRUSTED_MIN_POINTS
+                and self.n - len(self._reliable) <= TRUSTED_MAX_UNRELIABLE)
 
     def velocity(self, flow: FlowModel) -> float:
         """Speed along x (µm/s): fitted to the last observations, or the flow prior."""
@@ -198,6 +216,7 @@ class Tracker:
         y_um: np.ndarray,
         reliable: np.ndarray | None = None,
         boxes: np.ndarray | None = None,
+        touching: np.ndarray | None = None,
     ) -> TrackerUpdate:
         """Link this frame's detections (positions in µm) to the active tracks;
         ``reliable[i]`` False marks a position not to fit velocities on (cut by the edge, or
@@ -205,7 +224,8 @@ class Tracker:
         extents: a track without a detection whose predicted centre lies inside one is
         hidden in that blob (two cells touching segment as one) and coasts along its fitted
         line for up to ``max_hidden_frames`` instead of ending; the cell is one track
-        again when the blob splits."""
+        again when the blob splits. ``touching[i]`` True marks a detection touching another
+        one: its track is no longer ``trusted``."""
         tracks = list(self.active.values())
         track_of = self._assign(tracks, t_s, x_um, y_um)
         ids = np.zeros(len(x_um), dtype=np.int64)
@@ -220,7 +240,8 @@ class Tracker:
             else:
                 matched.add(track.id)
             track.add(frame, t_s, float(x_um[i]), float(y_um[i]),
-                      True if reliable is None else bool(reliable[i]), self.centroid_sigma_um)
+                      True if reliable is None else bool(reliable[i]), self.centroid_sigma_um,
+                      False if touching is None else bool(touching[i]))
             ids[i] = track.id
         ended = []
         for track in tracks:
