@@ -396,3 +396,19 @@ def test_background_start_median_is_numpys_median():
         frames = [(rng.random((30, 40)) * 4000).astype(np.float32) for _ in range(n)]
         expected = np.median(np.stack(frames), axis=0).astype(np.float32)
         assert np.array_equal(_median_of(frames), expected)
+
+
+def test_the_edge_threshold_follows_the_noise_smoothly():
+    """The noise of a background-subtracted frame spans a few levels of the edge image: a
+    floor from whole-level quartiles jumped by half between nearly equal frames (and the
+    fainter cells of one frame in twelve were lost)."""
+    from ctc_live.segmentation.edges import edge_threshold
+
+    noise = np.abs(np.random.default_rng(0).standard_normal((240, 640)))
+    thresholds = [
+        edge_threshold(np.round(8 + scale * noise).astype(np.uint8), 0.6, 6.0)
+        for scale in np.linspace(1.6, 2.4, 17)
+    ]
+    steps = np.diff(thresholds)
+    assert np.all(steps > 0)
+    assert np.max(steps / thresholds[:-1]) < 0.05
