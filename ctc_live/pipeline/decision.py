@@ -115,13 +115,13 @@ def plan_pulse(
     is not ``trusted`` (few points, or a neighbour touching its cell: see
     ``Track.trusted``) also ``pulse_sigmas`` standard errors of its position there, up to
     ``pulse_max_half_um``. It is no longer, because every other cell crossing while it is on
-    is deflected too (purity). Measured offline on the simulator (200 fps, two scenes, ~1,950
+    is deflected too (purity). Measured offline on the simulator (200 fps, two scenes, ~2,030
     tracks each, every cell crossing a pulse's window counted, the controller's timing errors
     drawn in), against the old rule (1.5 standard errors for every track, no
-    ``pulse_margin_um``): pulses on their cell 0.929 / 0.921 vs 0.921 / 0.917, bystanders
-    per pulse 0.053 / 0.060 vs 0.051 / 0.062, mean pulse 462 / 471 vs 462 / 488 µs. Two
-    standard errors for every track hit 0.936 / 0.927 but with 0.059 / 0.071 bystanders:
-    the widening pays where the line is in doubt, and there only.
+    ``pulse_margin_um``): pulses on their cell 0.935 / 0.928 vs 0.920 / 0.920, bystanders
+    per pulse 0.049 / 0.052 vs 0.046 / 0.052. Two standard errors for every track hit
+    0.935 / 0.929 too, but with 0.055 / 0.059 bystanders: the widening pays where the line
+    is in doubt, and there only.
     """
     crossing_s = fit.t_at(sorter.sort_distance_um)
     crossing_ns = exposure_ns + (crossing_s - camera_time_s) * 1e9

@@ -33,10 +33,10 @@ SCATTER_LEARNING_RATE = 0.02
 
 # A track whose line is trusted for the trigger: fitted to this many reliable observations, at
 # most this many unreliable ones (a cell entering is cut by the edge for a frame), and never
-# touching another detection. Such lines were within 0.5 µm of the true crossing at the sorter
-# for 98% of tracks, the others for 52% (simulator, 200 fps, 1,957 tracks): a neighbour pulls
-# the centroids by a drifting amount, which the line absorbs into its slope, unseen in its
-# scatter.
+# touching another detection. Such lines (68-71% of tracks) were within 0.5 µm of the true
+# crossing at the sorter for 97-98% of tracks, the others for 55-56% (simulator, 200 fps, two
+# scenes of ~2,030 tracks): a neighbour pulls the centroids by a drifting amount, which the
+# line absorbs into its slope, unseen in its scatter.
 TRUSTED_MIN_POINTS = 8
 TRUSTED_MAX_UNRELIABLE = 1
 
