@@ -284,10 +284,11 @@ class SorterConfig(Section):
         1500.0, description="from the image's left edge (x=0) to the sorting region's centre"
     )
     pulse_margin_us: NonNegativeFloat = Field(
-        100.0,
+        120.0,
         description="time the pulse covers on each side of the predicted crossing: the "
         "controller's own timing error (clock sync, timer; measured with the emulator: starts "
-        "within -62..+69 µs of target, p1-p99)",
+        "within -62..+69 µs of target, p1-p99, on an idle host; -113..+77 µs under the live "
+        "pipeline at 200 fps)",
     )
     pulse_margin_um: NonNegativeFloat = Field(
         0.2,
