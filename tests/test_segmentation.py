@@ -412,27 +412,3 @@ def test_the_edge_threshold_follows_the_noise_smoothly():
     steps = np.diff(thresholds)
     assert np.all(steps > 0)
     assert np.max(steps / thresholds[:-1]) < 0.05
-
-
-def test_a_cell_whose_rim_broke_open_is_filled_whole_and_a_touching_pair_is_not():
-    import cv2
-
-    from ctc_live.segmentation.realtime import fill_broken_rims
-
-    def filled(mask):
-        outer, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(mask, outer, -1, 1, cv2.FILLED)  # as the recipe fills holes
-        fill_broken_rims(mask, outer, min_area_px=100.0, max_area_px=2000.0)
-        return mask
-
-    ring = np.zeros((60, 60), np.uint8)
-    cv2.circle(ring, (30, 30), 10, 1, thickness=4)
-    ring[26:35, 36:45] = 0  # the faint side of the rim, below the threshold
-    ring = filled(ring)
-    assert ring[30, 30] == 1 and ring.sum() > 0.9 * np.pi * 12**2
-
-    pair = np.zeros((60, 80), np.uint8)
-    cv2.circle(pair, (30, 30), 11, 1, thickness=-1)
-    cv2.circle(pair, (50, 30), 11, 1, thickness=-1)
-    before = pair.copy()
-    assert np.array_equal(filled(pair), before)  # the neck between them stays

@@ -25,8 +25,6 @@ from ctc_live.segmentation.regions import (
 from ctc_live.segmentation.split import split_blob_fast
 
 _ZERO_BORDER = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
-# An edge blob with less of its convex hull than this is a cell's rim broken open (a C).
-BROKEN_RIM_SOLIDITY = 0.8
 
 
 class RealtimeSegmenter:
@@ -101,7 +99,6 @@ class RealtimeSegmenter:
         mask = cv2.threshold(edges, threshold, 1, cv2.THRESH_BINARY)[1]
         outer, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(mask, outer, -1, 1, cv2.FILLED)
-        fill_broken_rims(mask, outer, self.rules.min_area_px, self.rules.max_area_px)
         # After filling, so that a cell whose rim merges with a wall edge is already solid
         # and only the wall's rows are cut away from it.
         self._remove_straight_runs(mask, outer)
@@ -161,27 +158,6 @@ class RealtimeSegmenter:
             else:
                 out.extend(measure_contours(split_contour(contour, shape.bbox, self._split_depth)))
         return out
-
-
-def fill_broken_rims(mask: np.ndarray, outer: list, min_area_px: float, max_area_px: float) -> None:
-    """Fill, in place, the convex hull of each of the ``outer`` contours whose hull is cell-sized
-    (``min_area_px``..``max_area_px``) and whose blob fills less than BROKEN_RIM_SOLIDITY of it.
-
-    A pale cell's rim can fall below the threshold along part of its circumference: its
-    edge blob is then a C, which the hole filling cannot close, and the opening and the
-    halo's erosion leave fragments. On the simulator a CTC crossing the field was found
-    in 5 of 12 frames, and in 11 with its hull filled; offline, CTCs whose pulse hit them
-    went 0.935 → 0.947 at 20 cells/s and 0.893 → 0.896 at 100 cells/s, WBCs unchanged,
-    `bench segmentation` flow recall 0.9772 → 0.9765 and BBBC030 F1 0.9856 → 0.9856. Two
-    touching cells are a fuller blob than a C (solidity ~0.9) and stay as they are: at
-    0.85 instead of 0.8, flow recall fell to 0.966.
-    """
-    for contour in outer:
-        hull = cv2.convexHull(contour)
-        hull_area = cv2.contourArea(hull)
-        if (min_area_px <= hull_area <= max_area_px
-                and cv2.contourArea(contour) < BROKEN_RIM_SOLIDITY * hull_area):
-            cv2.drawContours(mask, [hull], -1, 1, cv2.FILLED)
 
 
 def wall_run_px(line_px: int, frame_px: int) -> int:
