@@ -118,10 +118,10 @@ def plan_pulse(
     is deflected too (purity). Measured offline on the simulator (200 fps, two scenes, ~2,030
     tracks each, every cell crossing a pulse's window counted, the controller's timing errors
     drawn in, both rules with a 100 µs time margin), against the old rule (1.5 standard
-    errors for every track, no ``pulse_margin_um``): pulses on their cell 0.935 / 0.928 vs 0.920 / 0.920, bystanders
-    per pulse 0.049 / 0.052 vs 0.046 / 0.052. Two standard errors for every track hit
-    0.935 / 0.929 too, but with 0.055 / 0.059 bystanders: the widening pays where the line
-    is in doubt, and there only.
+    errors for every track, no ``pulse_margin_um``): pulses on their cell 0.935 / 0.928 vs
+    0.920 / 0.920, bystanders per pulse 0.049 / 0.052 vs 0.046 / 0.052. Two standard errors
+    for every track hit 0.935 / 0.929 too, but with 0.055 / 0.059 bystanders: the widening
+    pays where the line is in doubt, and there only.
     """
     crossing_s = fit.t_at(sorter.sort_distance_um)
     crossing_ns = exposure_ns + (crossing_s - camera_time_s) * 1e9

@@ -356,9 +356,9 @@ class SegmentationStage:
         self._submit(self._release_held() + to_score)
         # A cell leaving the field undecided waits for its crops' scores, and its pulse with
         # it: they skip what is left of the classifier's batch window.
-        if any(d.leaving and states.get(d.track_id, "pending") == "pending"
-               for d in result.detections) or any(
-                states.get(track_id, "pending") == "pending" for track_id, _ in result.ended):
+        going = [d.track_id for d in result.detections if d.leaving]
+        going += [track_id for track_id, _ in result.ended]
+        if any(states.get(track_id, "pending") == "pending" for track_id in going):
             self.classifier.flush()
         self.detections += len(result.detections)
         self.latency.add(segmented_ns - frame.popped_ns)
