@@ -56,6 +56,10 @@ BAD_CONFIGS = {
     "bad choice": ("classifier:\n  device: gpu\n", ["classifier.device", "'gpu'", "'auto', 'cpu' or 'cuda'"]),
     "nice out of range": ("classifier:\n  nice: 25\n", ["classifier.nice", "25", "less than or equal to 19"]),
     "removed key": ("sorter:\n  sort_region_um: 100\n", ["sorter.sort_region_um", "unknown key"]),
+    "negative pulse margin": (
+        "sorter:\n  pulse_margin_um: -0.5\n",
+        ["sorter.pulse_margin_um", "-0.5", "greater than or equal to 0"],
+    ),
     "unreadable yaml": ("camera: [unclosed\n", ["not valid YAML"]),
     "not a mapping": ("- a\n- b\n", ["expected a mapping"]),
 }
