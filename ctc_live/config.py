@@ -307,6 +307,16 @@ class SorterConfig(Section):
         description="most travel a pulse covers on each side of the predicted crossing: a "
         "track too uncertain for it gets this much, not a pulse that deflects its neighbours",
     )
+    coincidence: Literal["centroid", "span"] = Field(
+        "centroid",
+        description="the pulse for a CTC whose blob holds two cells overlapping in the image "
+        "(its front and rear cells' lines part on the way to the sorter): 'centroid' aims at "
+        "the blob's centroid, between the two cells, and often misses both (purity first); "
+        "'span' covers both cells and deflects the other one too (recovery first)",
+    )
+    span_max_um: PositiveFloat = Field(
+        25.0, description="most travel a 'span' pulse covers, centred on the blob's centroid"
+    )
     min_pulse_us: PositiveFloat = 200.0
     max_pulse_us: PositiveFloat = 20_000.0
     min_lead_ms: PositiveFloat = Field(

@@ -60,6 +60,10 @@ BAD_CONFIGS = {
         "sorter:\n  pulse_margin_um: -0.5\n",
         ["sorter.pulse_margin_um", "-0.5", "greater than or equal to 0"],
     ),
+    "unknown coincidence mode": (
+        "sorter:\n  coincidence: both\n",
+        ["sorter.coincidence", "'both'", "'centroid' or 'span'"],
+    ),
     "unreadable yaml": ("camera: [unclosed\n", ["not valid YAML"]),
     "not a mapping": ("- a\n- b\n", ["expected a mapping"]),
 }

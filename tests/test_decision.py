@@ -94,6 +94,34 @@ def test_an_untrusted_pulse_covers_the_uncertainty_of_the_track_line():
         2 * 4.0 / 5000 * 1e6)
 
 
+def test_a_span_pulse_covers_both_cells_of_a_blob_of_two():
+    from ctc_live.pipeline.decision import COINCIDENT_APART_UM, ends_apart_um
+
+    fit = line()  # the blob's centroid, between its two cells
+    rear, front = line(velocity=4900.0), line(velocity=5100.0)  # parted by 49 µm at 1500
+    centroid = SorterConfig(min_pulse_us=1)
+    span = SorterConfig(min_pulse_us=1, coincidence="span", span_max_um=100)
+
+    def window(sorter, ends):
+        start_ns, width_us = plan_pulse(fit, True, 1.0, 0, sorter, ends)
+        return start_ns / 1e9, start_ns / 1e9 + width_us / 1e6
+
+    apart = ends_apart_um(fit, (rear, front), 1500)
+    assert apart == pytest.approx((1200 / 4900 - 1200 / 5100) * 5000)
+    assert apart > COINCIDENT_APART_UM
+    crossings = [line_.t_at(1500) - 1.0 for line_ in (rear, front)]
+    first, last = window(span, (rear, front))
+    assert first < min(crossings) and max(crossings) < last  # both cells are deflected
+    assert window(centroid, (rear, front)) == window(centroid, None)  # the default ignores it
+    # One cell (its lines together) gets the ordinary pulse in either mode.
+    assert window(span, (fit, fit)) == window(centroid, None)
+    # Never longer than span_max_um of travel, centred on the centroid's crossing.
+    short = SorterConfig(min_pulse_us=1, coincidence="span", span_max_um=20)
+    first, last = window(short, (rear, front))
+    assert (last - first) * 5000 == pytest.approx(20)
+    assert (first + last) / 2 == pytest.approx(fit.t_at(1500) - 1.0)
+
+
 def test_pulse_width_is_clamped_to_the_safety_limits():
     sorter = SorterConfig(min_pulse_us=500, max_pulse_us=800, pulse_max_half_um=1e6)
     _, fast = plan_pulse(line(velocity=1e6), False, 1.0, 0, sorter)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ctc_live.tracking import FlowModel, Track, Tracker
+from ctc_live.tracking.tracker import ENDS_MIN_POINTS
 
 FPS = 200.0
 WIDTH_UM = 320.0  # 640 px at 0.5 µm/px
@@ -217,6 +218,26 @@ def test_a_line_is_trusted_with_enough_reliable_points_and_no_touching_neighbour
     assert not track(touching=(4,)).trusted  # once touched, the slope may hide the pull
 
 
+def test_a_blob_of_two_cells_has_a_line_for_each():
+    def track(v_rear, v_front, height=12.0, n=12):
+        t = Track(1)
+        for i in range(n):
+            ts = i / FPS
+            rear, front = 20.0 + v_rear * ts - 6.0, 25.0 + v_front * ts + 6.0
+            t.add(i, ts, (rear + front) / 2, 120.0, extent=(rear, front, height))
+        return t
+
+    one = track(5000.0, 5000.0, height=17.0)  # wider than high: one cell's blob, elongated
+    rear, front = one.ends
+    assert rear.velocity == pytest.approx(front.velocity)
+    assert front.x_at(1.0) - rear.x_at(1.0) == pytest.approx(5.0 + 12.0 - 17.0)
+    two = track(5000.0, 5200.0)  # the front cell is faster: the blob grows
+    rear, front = two.ends
+    assert (rear.velocity, front.velocity) == (pytest.approx(5000.0), pytest.approx(5200.0))
+    assert rear.x_at(0.0) == pytest.approx(20.0) and front.x_at(0.0) == pytest.approx(25.0)
+    assert track(5000.0, 5200.0, n=ENDS_MIN_POINTS - 1).ends is None
+
+
 def test_detections_touching_as_circles():
     from ctc_live.pipeline.segmenting import TOUCH_GAP_UM, touching
 
@@ -224,3 +245,40 @@ def test_detections_touching_as_circles():
     flags = touching(x, np.zeros(3), np.full(3, 12.0))
     assert flags.tolist() == [True, True, False]
     assert touching(x[:1], np.zeros(1), np.full(1, 12.0)).tolist() == [False]
+
+
+def test_two_cells_overlapping_for_the_whole_crossing_are_told_from_one():
+    """Two cells 1 µm apart across the flow and along it, the front one 1.2% faster, are one
+    blob from entry to exit. Their centroid's line misses both at the sorter; the blob's ends give
+    each cell's line."""
+    from test_segmentation import bright_field_cell, noisy_background
+
+    from ctc_live.config import Config
+    from ctc_live.pipeline.decision import COINCIDENT_APART_UM, ends_apart_um
+    from ctc_live.pipeline.segmenting import FrameAnalyser
+    from ctc_live.segmentation.flow import FlowSegmenter
+
+    def leaving_detection(cells):
+        config = Config()
+        config.camera.exposure_ms = 0.001  # no motion blur drawn
+        analyser = FrameAnalyser(config, FlowSegmenter(config))
+        px, fps = config.camera.pixel_size_um, config.camera.fps
+        start = config.segmentation.background_frames
+        last = None
+        for number in range(start + 14):
+            image = noisy_background(seed=10 + number)
+            t = (number - start) / fps
+            if number >= start:
+                for k, (x0, y_px, v) in enumerate(cells):
+                    bright_field_cell(image, (x0 + v * t) / px, y_px, 11, 600, seed=k)
+            result = analyser.process(image.astype(np.uint16), number, 1000 * number / fps)
+            last = result.detections[0] if result.detections else last
+        return last
+
+    one = leaving_detection([(-20, 240, 5000)])
+    two = leaving_detection([(-20, 240, 5000), (-19, 242, 5060)])
+    assert ends_apart_um(one.fit, one.ends, 1500) < COINCIDENT_APART_UM / 2
+    rear, front = two.ends
+    assert rear.velocity == pytest.approx(5000, abs=20)
+    assert front.velocity == pytest.approx(5060, abs=20)
+    assert ends_apart_um(two.fit, two.ends, 1500) > COINCIDENT_APART_UM

@@ -21,7 +21,14 @@ import time
 from dataclasses import dataclass, field
 
 from ctc_live.config import Config
-from ctc_live.pipeline.decision import Evidence, classify, combine, plan_pulse
+from ctc_live.pipeline.decision import (
+    COINCIDENT_APART_UM,
+    Evidence,
+    classify,
+    combine,
+    ends_apart_um,
+    plan_pulse,
+)
 from ctc_live.pipeline.messages import Observation, ScoreDropped, TrackEnded
 from ctc_live.pipeline.stats import LatencyHistogram, RateMeter
 
@@ -43,7 +50,7 @@ class DecisionCounts:
     late: int = 0
     pulses: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ["sent", "done", "missed", "lost", "cancelled", "error"], 0
+            ["sent", "done", "missed", "lost", "cancelled", "error", "coincident"], 0
         )
     )
 
@@ -159,7 +166,7 @@ class Decider:
         ev.n_obs += 1
         ev.exposure_ns, ev.x_um, ev.y_um = obs.exposure_ns, obs.x_um, obs.y_um
         ev.velocity_um_s, ev.fit, ev.camera_time_s = obs.velocity_um_s, obs.fit, obs.camera_time_s
-        ev.trusted = obs.trusted
+        ev.trusted, ev.ends = obs.trusted, obs.ends
         ev.diameters.append(obs.diameter_um)
         if obs.crop is not None:
             ev.crops += 1
@@ -236,7 +243,7 @@ class Decider:
             self._record_late(ev, "no velocity estimate")
             return
         target_ns, width_us = plan_pulse(ev.fit, ev.trusted, ev.camera_time_s, ev.exposure_ns,
-                                      sorter_cfg)
+                                      sorter_cfg, ev.ends)
         lead_ms = (target_ns - time.monotonic_ns()) / 1e6
         if lead_ms < sorter_cfg.min_lead_ms:
             self._record_late(ev, f"pulse due in {lead_ms:.1f} ms")
@@ -252,6 +259,9 @@ class Decider:
         self.latency["end_to_end"].add(sent_ns - ev.last_exposure_ns)
         self.latency["pulse"].add(sent_ns - ev.last_exposure_ns)
         self.counts.pulses["sent"] += 1
+        # Counted in either coincidence mode: how often the choice mattered.
+        if ends_apart_um(ev.fit, ev.ends, sorter_cfg.sort_distance_um) > COINCIDENT_APART_UM:
+            self.counts.pulses["coincident"] += 1
         row = {"pulse_id": pulse_id, "track_id": ev.track_id, "target_ns": target_ns,
                "width_us": width_us, "sent_ns": sent_ns, "outcome": "pending"}
         self.pulses[pulse_id] = row

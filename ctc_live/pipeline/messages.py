@@ -29,6 +29,7 @@ class Observation:
     velocity_um_s: float
     fit: LineFit | None  # the track's fitted line so far
     trusted: bool  # the line is good enough for a pulse on the margins alone (Track.trusted)
+    ends: tuple[LineFit, LineFit] | None  # the blob's rear and front cell lines (Track.ends)
     leaving: bool  # the cell will be out of the field by the next frame
     crop: np.ndarray | None  # queued for scoring; None when not (edge, track has enough)
     crop_index: int  # k for the track's k-th crop queued for scoring, -1 without a crop
