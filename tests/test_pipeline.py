@@ -73,6 +73,8 @@ def test_short_simulated_run_end_to_end(tmp_path):
     data = read_run(tmp_path)
     assert len(data["cells"]) == summary["cells"]["total"]
     assert sum(p["outcome"] == "done" for p in data["pulses"]) == summary["pulses"]["done"]
+    assert all(p["apart_um"] >= 0 for p in data["pulses"])
+    assert summarise_store(tmp_path)["pulses_coincident"] == summary["pulses"]["coincident"]
     assert data["run"]["status"] == "finished"
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     # Resident memory of the run's processes, sampled once a second into the frames table.

@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from ctc_live.pipeline.decision import COINCIDENT_APART_UM
 from ctc_live.storage import read_run
 
 
@@ -23,6 +24,8 @@ def summarise_store(run_dir: Path) -> dict:
     frames = data["frames"][-1] if data["frames"] else None
     decisions = Counter(c["decision"] for c in data["cells"])
     outcomes = Counter(p["outcome"] for p in data["pulses"])
+    # Stores written before coincidences were measured have no apart_um column.
+    coincident = sum((p.get("apart_um") or 0.0) > COINCIDENT_APART_UM for p in data["pulses"])
     latencies = sorted(c["latency_ms"] for c in data["cells"] if c["latency_ms"] is not None)
     # Stores written before memory was sampled have no rss_mb column.
     rss = [f["rss_mb"] for f in data["frames"] if f.get("rss_mb") is not None]
@@ -38,6 +41,7 @@ def summarise_store(run_dir: Path) -> dict:
         },
         "cells": {"total": len(data["cells"]), **dict(decisions)},
         "pulses": dict(outcomes),
+        "pulses_coincident": coincident,
         "latency_ms_end_to_end": _percentiles(latencies),
         "memory_mb": {"first": rss[0], "last": rss[-1], "max": max(rss)} if rss else None,
         "events": dict(Counter(f"{e['level']}:{e['kind']}" for e in data["events"])),
@@ -69,7 +73,8 @@ def report_command(args: argparse.Namespace) -> int:
         print(f"  frames: produced {f['produced']}, processed {f['processed']}, "
               f"dropped {f['dropped']} (at {f['elapsed_s']:.1f} s)")
     print(f"  cells: {report['cells']}")
-    print(f"  pulses: {report['pulses'] or 'none'}")
+    coincident = f" ({report['pulses_coincident']} on blobs of two cells)" if report["pulses"] else ""
+    print(f"  pulses: {report['pulses'] or 'none'}{coincident}")
     if report["latency_ms_end_to_end"]:
         print(f"  end-to-end latency ms: {report['latency_ms_end_to_end']}")
     if report["memory_mb"]:

@@ -260,10 +260,12 @@ class Decider:
         self.latency["pulse"].add(sent_ns - ev.last_exposure_ns)
         self.counts.pulses["sent"] += 1
         # Counted in either coincidence mode: how often the choice mattered.
-        if ends_apart_um(ev.fit, ev.ends, sorter_cfg.sort_distance_um) > COINCIDENT_APART_UM:
+        apart_um = ends_apart_um(ev.fit, ev.ends, sorter_cfg.sort_distance_um)
+        if apart_um > COINCIDENT_APART_UM:
             self.counts.pulses["coincident"] += 1
         row = {"pulse_id": pulse_id, "track_id": ev.track_id, "target_ns": target_ns,
-               "width_us": width_us, "sent_ns": sent_ns, "outcome": "pending"}
+               "width_us": width_us, "sent_ns": sent_ns, "outcome": "pending",
+               "apart_um": round(apart_um, 2)}
         self.pulses[pulse_id] = row
         self.store.put("pulses", row)
 

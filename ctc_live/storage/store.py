@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS pulses (
     sent_ns INTEGER,               -- when the FIRE line was written
     outcome TEXT,                  -- pending | done | missed | cancelled | error | lost | late
     actual_start_ns INTEGER,       -- controller's start, converted to host ns
-    error_us REAL                  -- actual - target
+    error_us REAL,                 -- actual - target
+    apart_um REAL                  -- the blob's two cell lines this far apart at the sorter
 );
 CREATE TABLE IF NOT EXISTS events (
     t_ns INTEGER,
@@ -80,7 +81,7 @@ TABLE_COLUMNS = {
     ],
     "pulses": [
         "pulse_id", "track_id", "target_ns", "width_us", "sent_ns", "outcome",
-        "actual_start_ns", "error_us",
+        "actual_start_ns", "error_us", "apart_um",
     ],
     "events": ["t_ns", "level", "kind", "message"],
     "run": ["key", "value"],
