@@ -116,6 +116,29 @@ def test_pulses_land_on_target_in_host_time(link):
     assert abs(status["clock_offset_us"] - (link.emulator.clock_us(now) - now / 1e3)) < 500
 
 
+def test_pulses_beyond_the_controllers_queue_are_held_then_sent(link):
+    link.arm()
+    assert link.max_pending == 16  # from the controller's INFO
+    # Four more than it queues: each is sent as an earlier pulse ends.
+    targets = [time.monotonic_ns() + ms(20 + 12 * i) for i in range(20)]
+    ids = [link.fire(t, 400) for t in targets]
+    assert link.status()["held"] == 4
+    assert link.wait_idle(3.0)
+    outcomes = drain(link)
+    assert [outcomes[i].outcome for i in ids] == ["done"] * 20
+    assert max(abs(true_error_us(link, outcomes[i])) for i in ids) < 500
+    assert link.status()["held_total"] == 4
+    # One held behind sixteen later pulses cannot be sent in time: missed, and said why.
+    far = time.monotonic_ns() + ms(400)
+    for _ in range(16):
+        link.fire(far, 400)
+    soon = link.fire(time.monotonic_ns() + ms(50), 400)
+    assert link.wait_idle(3.0)
+    outcome = drain(link)[soon]
+    assert (outcome.outcome, outcome.sent_ns) == ("missed", None)
+    assert "queue was full" in outcome.detail
+
+
 def test_late_fire_is_missed_never_sent(link):
     link.arm()
     pid = link.fire(time.monotonic_ns() - ms(1), 400)

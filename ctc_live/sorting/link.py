@@ -5,6 +5,8 @@
 converts a host monotonic target time into controller time and sends FIRE without waiting;
 every pulse ends in exactly one `PulseOutcome` (done, missed, cancelled, error or lost),
 delivered to the `on_outcome` callback if one is given, else to the bounded queue `outcomes`.
+The controller holds at most `max_pending` pulses (INFO): beyond that the driver holds them
+and sends the earliest as soon as one of the controller's ends.
 
 A lost link (port gone, read or write failing, controller silent) is reported and retried:
 on reconnect the driver re-syncs the clock, re-arms if it was armed, and re-sends the
@@ -61,6 +63,7 @@ class _Pulse:
     wire_id: int | None = None  # the id on the wire; a re-sent pulse gets a new one
     sent_ns: int | None = None
     acked: bool = False
+    held: bool = False  # waiting for a free place in the controller's queue
 
 
 class LinkDown(Exception):
@@ -90,6 +93,8 @@ class SorterLink:
         self.emulator = emulator
         self.info: dict[str, str] = {}
         self.max_width_us = p.MAX_WIDTH_US
+        self.max_pending = p.MAX_PENDING
+        self._held_total = 0
 
         self._lock = threading.RLock()
         self._cv = threading.Condition(self._lock)
@@ -166,7 +171,7 @@ class SorterLink:
             if self._closed:
                 self._finish(pulse, "cancelled", detail="link closed")
             elif self._synced and target_host_ns > time.monotonic_ns():
-                self._send_fire(pulse)
+                self._send_or_hold(pulse)
             # Otherwise it waits unsent: sent when the link is back, or reported missed by the
             # background thread once its time has passed (never from inside fire(), so the
             # caller knows the id before its outcome arrives).
@@ -206,6 +211,8 @@ class SorterLink:
                 "reader_wake_us": self._clock.receive_delay_ns / 1000.0,
                 "last_error": self._last_error,
                 "pending": len(self._pulses),
+                "held": sum(pulse.held for pulse in self._pulses.values()),
+                "held_total": self._held_total,
                 "counts": {k: self._counts[k] for k in OUTCOMES},
                 "protocol_errors": self._protocol_errors,
                 "outcomes_dropped": self._outcomes_dropped,
@@ -305,6 +312,7 @@ class SorterLink:
             )
         self.info = fields
         self.max_width_us = int(fields.get("max_width_us", p.MAX_WIDTH_US))
+        self.max_pending = int(fields.get("max_pending", p.MAX_PENDING))
 
     def _sync_burst(self) -> None:
         with self._lock:
@@ -443,15 +451,26 @@ class SorterLink:
         except LinkDown:
             pass  # _lost detached it: re-sent or missed when the link is back
 
-    def _resend_pending(self) -> None:
+    def _send_or_hold(self, pulse: _Pulse) -> None:
+        if len(self._by_wire) < self.max_pending:
+            pulse.held = False
+            self._send_fire(pulse)
+        elif not pulse.held:
+            pulse.held = True
+            self._held_total += 1
+            if self._held_total == 1:
+                log.warning("sorter: the controller's queue is full (%d pulses): holding "
+                            "pulses until it has room", self.max_pending)
+
+    def _resend_pending(self, detail: str = "time passed while the link was down") -> None:
+        """Send the unsent pulses, earliest first, as far as the controller has room."""
         now = time.monotonic_ns()
-        for pulse in list(self._pulses.values()):
-            if pulse.wire_id is not None:
-                continue
+        unsent = [pulse for pulse in self._pulses.values() if pulse.wire_id is None]
+        for pulse in sorted(unsent, key=lambda pulse: pulse.target_host_ns):
             if pulse.target_host_ns - now < self.min_lead_ns:
-                self._finish(pulse, "missed", detail="time passed while the link was down")
+                self._finish(pulse, "missed", detail=detail)
             else:
-                self._send_fire(pulse)
+                self._send_or_hold(pulse)
 
     # --- reading ------------------------------------------------------------------------
 
@@ -555,8 +574,7 @@ class SorterLink:
         detail: str = "",
     ) -> None:
         self._pulses.pop(pulse.id, None)
-        if pulse.wire_id is not None:
-            self._by_wire.pop(pulse.wire_id, None)
+        freed = pulse.wire_id is not None and self._by_wire.pop(pulse.wire_id, None) is not None
         self._counts[outcome] += 1
         result = PulseOutcome(
             pulse.id,
@@ -578,6 +596,8 @@ class SorterLink:
                 self.outcomes.put_nowait(result)
             except queue.Full:
                 self._outcomes_dropped += 1
+        if freed and self._synced and any(q.held for q in self._pulses.values()):
+            self._resend_pending(detail="held while the controller's queue was full, too long")
         self._cv.notify_all()
 
     # --- background ---------------------------------------------------------------------
@@ -618,11 +638,12 @@ class SorterLink:
             now = time.monotonic_ns()
             for pulse in list(self._pulses.values()):
                 if pulse.wire_id is None and pulse.target_host_ns <= now:
-                    detail = (
-                        "target already passed when fired"
-                        if pulse.sent_ns is None and self._synced
-                        else "time passed while the link was down"
-                    )
+                    if pulse.held:
+                        detail = "held while the controller's queue was full, too long"
+                    elif pulse.sent_ns is None and self._synced:
+                        detail = "target already passed when fired"
+                    else:
+                        detail = "time passed while the link was down"
                     self._finish(pulse, "missed", detail=detail)
 
     def _keep_alive(self) -> None:
