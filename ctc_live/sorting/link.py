@@ -40,6 +40,7 @@ OUTCOMES = ("done", "missed", "cancelled", "error", "lost")
 DEFAULTS = SorterConfig()
 SYNC_BURST = 16  # exchanges right after (re)connecting, before pulses are (re)sent
 OPEN_TIMEOUT_S = 3.0  # a board that resets on open (Arduino bootloader) answers within this
+HELD_TOO_LONG = "held while the controller's queue was full, too long"
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,12 +463,15 @@ class SorterLink:
                 log.warning("sorter: the controller's queue is full (%d pulses): holding "
                             "pulses until it has room", self.max_pending)
 
-    def _resend_pending(self, detail: str = "time passed while the link was down") -> None:
-        """Send the unsent pulses, earliest first, as far as the controller has room."""
+    def _resend_pending(self, held_only: bool = False) -> None:
+        """Send the unsent pulses (or the held ones only), earliest first, as far as the
+        controller has room."""
         now = time.monotonic_ns()
-        unsent = [pulse for pulse in self._pulses.values() if pulse.wire_id is None]
+        unsent = [pulse for pulse in self._pulses.values()
+                  if pulse.wire_id is None and (pulse.held or not held_only)]
         for pulse in sorted(unsent, key=lambda pulse: pulse.target_host_ns):
             if pulse.target_host_ns - now < self.min_lead_ns:
+                detail = HELD_TOO_LONG if pulse.held else "time passed while the link was down"
                 self._finish(pulse, "missed", detail=detail)
             else:
                 self._send_or_hold(pulse)
@@ -596,8 +600,8 @@ class SorterLink:
                 self.outcomes.put_nowait(result)
             except queue.Full:
                 self._outcomes_dropped += 1
-        if freed and self._synced and any(q.held for q in self._pulses.values()):
-            self._resend_pending(detail="held while the controller's queue was full, too long")
+        if freed and self._synced:
+            self._resend_pending(held_only=True)
         self._cv.notify_all()
 
     # --- background ---------------------------------------------------------------------
@@ -639,7 +643,7 @@ class SorterLink:
             for pulse in list(self._pulses.values()):
                 if pulse.wire_id is None and pulse.target_host_ns <= now:
                     if pulse.held:
-                        detail = "held while the controller's queue was full, too long"
+                        detail = HELD_TOO_LONG
                     elif pulse.sent_ns is None and self._synced:
                         detail = "target already passed when fired"
                     else:
