@@ -73,7 +73,10 @@ def test_short_simulated_run_end_to_end(tmp_path):
     data = read_run(tmp_path)
     assert len(data["cells"]) == summary["cells"]["total"]
     assert sum(p["outcome"] == "done" for p in data["pulses"]) == summary["pulses"]["done"]
+    # Each pulse's track's blob ends reached the trigger (a few tenths of a µm apart for one
+    # cell, more for two).
     assert all(p["apart_um"] >= 0 for p in data["pulses"])
+    assert sum(p["apart_um"] > 0 for p in data["pulses"]) > len(data["pulses"]) / 2
     assert summarise_store(tmp_path)["pulses_coincident"] == summary["pulses"]["coincident"]
     assert data["run"]["status"] == "finished"
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
