@@ -99,7 +99,7 @@ def test_a_span_pulse_covers_both_cells_of_a_blob_of_two():
 
     fit = line()  # the blob's centroid, between its two cells
     rear, front = line(velocity=4900.0), line(velocity=5100.0)  # parted by 49 µm at 1500
-    centroid = SorterConfig(min_pulse_us=1)
+    centroid = SorterConfig(min_pulse_us=1, coincidence="centroid")
     span = SorterConfig(min_pulse_us=1, coincidence="span", span_max_um=100)
 
     def window(sorter, ends):
@@ -112,7 +112,7 @@ def test_a_span_pulse_covers_both_cells_of_a_blob_of_two():
     crossings = [line_.t_at(1500) - 1.0 for line_ in (rear, front)]
     first, last = window(span, (rear, front))
     assert first < min(crossings) and max(crossings) < last  # both cells are deflected
-    assert window(centroid, (rear, front)) == window(centroid, None)  # the default ignores it
+    assert window(centroid, (rear, front)) == window(centroid, None)  # purity first: ignored
     # One cell (its lines together) gets the ordinary pulse in either mode.
     assert window(span, (fit, fit)) == window(centroid, None)
     # Never longer than span_max_um of travel, centred on the centroid's crossing.
