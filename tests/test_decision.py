@@ -112,7 +112,7 @@ def test_a_span_pulse_covers_both_cells_of_a_blob_of_two():
     crossings = [line_.t_at(1500) - 1.0 for line_ in (rear, front)]
     first, last = window(span, (rear, front))
     assert first < min(crossings) and max(crossings) < last  # both cells are deflected
-    assert window(centroid, (rear, front)) == window(centroid, None)  # purity first: ignored
+    assert window(centroid, (rear, front)) == window(centroid, None)  # the default ignores it
     # One cell (its lines together) gets the ordinary pulse in either mode.
     assert window(span, (fit, fit)) == window(centroid, None)
     # Never longer than span_max_um of travel, centred on the centroid's crossing.
