@@ -73,7 +73,9 @@ def report_command(args: argparse.Namespace) -> int:
         print(f"  frames: produced {f['produced']}, processed {f['processed']}, "
               f"dropped {f['dropped']} (at {f['elapsed_s']:.1f} s)")
     print(f"  cells: {report['cells']}")
-    coincident = f" ({report['pulses_coincident']} on blobs of two cells)" if report["pulses"] else ""
+    coincident = ""
+    if report["pulses"]:
+        coincident = f" ({report['pulses_coincident']} on blobs of two cells)"
     print(f"  pulses: {report['pulses'] or 'none'}{coincident}")
     if report["latency_ms_end_to_end"]:
         print(f"  end-to-end latency ms: {report['latency_ms_end_to_end']}")

@@ -109,8 +109,8 @@ class _Window:
         slope = ctx / ctt if ctt > 0 else 0.0
         ssr = max(cxx - slope * ctx, 0.0)
         sigma = math.sqrt((ssr + PRIOR_WEIGHT * prior_sigma_um**2) / (n - 2 + PRIOR_WEIGHT))
-        return LineFit(self.t0 + mt, self.x0 + mx + shift_um, slope, n, ctt if ctt > 0 else math.inf,
-                       sigma)
+        return LineFit(self.t0 + mt, self.x0 + mx + shift_um, slope, n,
+                       ctt if ctt > 0 else math.inf, sigma)
 
 
 @dataclass
