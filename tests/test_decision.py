@@ -122,6 +122,89 @@ def test_a_span_pulse_covers_both_cells_of_a_blob_of_two():
     assert (first + last) / 2 == pytest.approx(fit.t_at(1500) - 1.0)
 
 
+def test_a_pulse_aimed_at_one_cell_of_a_blob_of_two():
+    """Told apart by their own crops, the CTC of a blob of two gets its own pulse in either
+    coincidence mode; both CTCs get one over both crossings."""
+    fit = line()
+    rear, front = line(velocity=4900.0), line(velocity=5100.0)
+    crossing = {0: rear.t_at(1500) - 1.0, 1: front.t_at(1500) - 1.0}
+
+    for mode in ("centroid", "span"):
+        sorter = SorterConfig(min_pulse_us=1, coincidence=mode, span_max_um=100)
+
+        def window(aim, sorter=sorter):
+            start_ns, width_us = plan_pulse(fit, True, 1.0, 0, sorter, (rear, front), aim)
+            return start_ns / 1e9, start_ns / 1e9 + width_us / 1e6
+
+        for end in (0, 1):
+            first, last = window((end,))
+            assert (first + last) / 2 == pytest.approx(crossing[end], abs=1e-9)
+            assert not first < crossing[1 - end] < last  # its companion is not deflected
+            # An end's line is never trusted: widened by its standard error.
+            assert (last - first) * 5000 == pytest.approx(2 * min(
+                sorter.pulse_margin_us * 1e-6 * 5000 + sorter.pulse_margin_um
+                + sorter.pulse_sigmas * (rear, front)[end].x_sigma(crossing[end] + 1.0),
+                sorter.pulse_max_half_um), rel=0.03)
+        first, last = window((0, 1))
+        assert first < min(crossing.values()) and max(crossing.values()) < last
+
+
+def test_a_blob_of_two_cells_is_decided_on_each_cells_crops_when_it_leaves():
+    ev = evidence([0.1, 0.1, 0.1], crops=3)
+    ev.two_cells_early = True  # end crops came with its first crops
+    assert ev.evidence_for_decision(3, 0.5, 0.15) is None  # not before its ends' lines tell
+    ev.fit, ev.ends, ev.end_pairs = line(), (line(velocity=4900.0), line(velocity=5100.0)), 2
+    assert not ev.two_cells(1500)
+    ev.freeze()
+    assert ev.two_cells(1500)
+    ev.end_scores = {(0, 0): 0.9, (0, 1): 0.2, (1, 1): 0.1}
+    assert ev.end_evidence() is None  # the rear crop of pair 1 is still to come
+    ev.ends_dropped.add((1, 0))
+    assert ev.end_evidence() == ([0.9], [0.2, 0.1])
+    ev.end_scores[2, 0] = 0.99  # sent after it began to leave: does not count
+    assert ev.end_evidence() == ([0.9], [0.2, 0.1])
+    # One cell: its ends' lines cross together, and its own crops decide.
+    ev.ends = (line(), line())
+    assert not ev.two_cells(1500)
+    assert ev.evidence_for_decision(3, 0.5, 0.15) == [0.1, 0.1, 0.1]
+
+
+@pytest.mark.parametrize(("ends_velocity", "decision", "p_ctc"),
+                         [((4900.0, 5100.0), "ctc", 0.95), ((5000.0, 5000.0), "wbc", 0.1)])
+def test_the_decision_thread_decides_a_blob_of_two_on_its_cells(tmp_path, ends_velocity,
+                                                                   decision, p_ctc):
+    """The blob's own crops say WBC; its rear cell's crops say CTC. Two cells (their lines
+    part on the way to the sorter): a CTC. One cell: its own crops decide, a WBC."""
+    from ctc_live.classification.inference import Classified
+    from ctc_live.config import Config
+    from ctc_live.pipeline.decider import Decider
+    from ctc_live.pipeline.messages import EndCrop, Observation, TrackEnded
+    from ctc_live.storage.store import RunStore, read_run
+
+    store = RunStore(tmp_path / "run.sqlite").start()
+    decider = Decider(Config(), store)
+    crop = np.zeros((30, 30), np.float32)
+    ends = tuple(line(velocity=v) for v in ends_velocity)
+    for k in range(4):
+        leaving = k == 3
+        decider.handle(Observation(
+            7, k, k, k, None, k / 200, 50.0 * k, 240.0, 11.0, 5000.0, line(), True,
+            ends if leaving else None, leaving, crop, k, end_index=k))
+    observations = []  # scores come back after their observations, as in the pipeline
+    for k in range(4):
+        key = Observation(7, k, k, k, None, 0, 0, 0, 0, 0, None, True, None, False, crop, k)
+        observations.append(Classified(key, 0.1, 0, 0, 1))
+        for end, p in ((0, 0.95), (1, 0.05)):
+            observations.append(Classified(EndCrop(7, k, end, k), p, 0, 0, 1))
+    for message in observations:
+        decider.handle(message)
+    decider.handle(TrackEnded(7, 3, 3, 3))
+    store.close()
+    (cell,) = read_run(tmp_path)["cells"]
+    assert cell["decision"] == decision
+    assert cell["p_ctc"] == pytest.approx(p_ctc, abs=0.01)
+
+
 def test_pulse_width_is_clamped_to_the_safety_limits():
     sorter = SorterConfig(min_pulse_us=500, max_pulse_us=800, pulse_max_half_um=1e6)
     _, fast = plan_pulse(line(velocity=1e6), False, 1.0, 0, sorter)

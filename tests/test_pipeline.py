@@ -78,6 +78,8 @@ def test_short_simulated_run_end_to_end(tmp_path):
     assert all(p["apart_um"] >= 0 for p in data["pulses"])
     assert sum(p["apart_um"] > 0 for p in data["pulses"]) > len(data["pulses"]) / 2
     assert summarise_store(tmp_path)["pulses_coincident"] == summary["pulses"]["coincident"]
+    assert {p["aim"] for p in data["pulses"]} <= {"", "rear", "front", "both"}
+    assert summarise_store(tmp_path)["pulses_aimed"] == summary["pulses"]["aimed"]
     assert data["run"]["status"] == "finished"
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     # Resident memory of the run's processes, sampled once a second into the frames table.

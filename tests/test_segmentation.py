@@ -190,6 +190,28 @@ def test_unknown_method_and_colour_arrays_are_refused():
 # ----- crops -------------------------------------------------------------------------------
 
 
+def test_a_blob_longer_than_high_gets_a_crop_of_each_end_cell():
+    """Two cells overlapping in the image make one blob: its own crop mixes them, a crop on
+    each end shows mostly one. A round blob has none."""
+    image = noisy_background()
+    bright_field_cell(image, 300, 240, 11, 600, seed=1)  # 6 µm apart: one blob
+    bright_field_cell(image, 312, 241, 11, 600, seed=2)
+    bright_field_cell(image, 150, 240, 11, 600, seed=3)
+    image = image.astype(np.uint16)
+    _, cells = segment_image(image, SegmentationConfig(), PX)
+    single, pair = sorted(cells, key=lambda c: c.bbox[2])
+    assert single.end_crops() is None
+    rear, front = pair.end_crops()
+    crops = CropNormaliser(30)
+    at_rear, at_front = crops(image, 300, 240), crops(image, 312, 241)
+
+    def similarity(a, b):
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+    assert similarity(rear, at_rear) > 0.95 and similarity(rear, at_front) < 0.6
+    assert similarity(front, at_front) > 0.7 and similarity(front, at_rear) < 0.5
+
+
 def test_crop_normalisation_removes_gain_offset_and_background_gradient():
     rng = np.random.default_rng(0)
     cell = rng.normal(0, 1, (60, 60)).astype(np.float32)

@@ -26,6 +26,7 @@ def summarise_store(run_dir: Path) -> dict:
     outcomes = Counter(p["outcome"] for p in data["pulses"])
     # Stores written before coincidences were measured have no apart_um column.
     coincident = sum((p.get("apart_um") or 0.0) > COINCIDENT_APART_UM for p in data["pulses"])
+    aimed = sum(bool(p.get("aim")) for p in data["pulses"])
     latencies = sorted(c["latency_ms"] for c in data["cells"] if c["latency_ms"] is not None)
     # Stores written before memory was sampled have no rss_mb column.
     rss = [f["rss_mb"] for f in data["frames"] if f.get("rss_mb") is not None]
@@ -42,6 +43,7 @@ def summarise_store(run_dir: Path) -> dict:
         "cells": {"total": len(data["cells"]), **dict(decisions)},
         "pulses": dict(outcomes),
         "pulses_coincident": coincident,
+        "pulses_aimed": aimed,
         "latency_ms_end_to_end": _percentiles(latencies),
         "memory_mb": {"first": rss[0], "last": rss[-1], "max": max(rss)} if rss else None,
         "events": dict(Counter(f"{e['level']}:{e['kind']}" for e in data["events"])),
@@ -75,7 +77,8 @@ def report_command(args: argparse.Namespace) -> int:
     print(f"  cells: {report['cells']}")
     coincident = ""
     if report["pulses"]:
-        coincident = f" ({report['pulses_coincident']} on blobs of two cells)"
+        coincident = (f" ({report['pulses_coincident']} on blobs of two cells, "
+                      f"{report['pulses_aimed']} told apart by their own crops)")
     print(f"  pulses: {report['pulses'] or 'none'}{coincident}")
     if report["latency_ms_end_to_end"]:
         print(f"  end-to-end latency ms: {report['latency_ms_end_to_end']}")

@@ -5,7 +5,9 @@ and the classifier's scores, one message or a list of them (a frame's worth: eve
 this thread, and waking it per detection cost the segmentation thread a quarter of its time
 in interpreter-lock hand-overs). A cell is decided as soon as enough confident crops are scored,
 or when it leaves the field with all its crops scored (or after a timeout, if scores are
-lost). For a CTC the pulse is planned from the track's last position and fitted velocity and
+lost). A track whose blob held two cells, told by the lines of its ends as it leaves, is
+decided on the crops of each cell (a CTC if either is one), and its pulse aims at that cell.
+For a CTC the pulse is planned from the track's last position and fitted velocity and
 handed to the sorter; a pulse that could not be scheduled in time is a late decision and is
 never sent.
 """
@@ -29,12 +31,14 @@ from ctc_live.pipeline.decision import (
     ends_apart_um,
     plan_pulse,
 )
-from ctc_live.pipeline.messages import Observation, ScoreDropped, TrackEnded
+from ctc_live.pipeline.messages import EndCrop, Observation, ScoreDropped, TrackEnded
 from ctc_live.pipeline.stats import LatencyHistogram, RateMeter
 
 log = logging.getLogger(__name__)
 
 RECENT_DECISIONS = 256
+# The pulses table's `aim`: which cells of a blob of two the pulse is for.
+AIM_NAMES = {(): "", (0,): "rear", (1,): "front", (0, 1): "both"}
 
 
 @dataclass
@@ -50,7 +54,7 @@ class DecisionCounts:
     late: int = 0
     pulses: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ["sent", "done", "missed", "lost", "cancelled", "error", "coincident"], 0
+            ["sent", "done", "missed", "lost", "cancelled", "error", "coincident", "aimed"], 0
         )
     )
 
@@ -137,20 +141,26 @@ class Decider:
                 return
             ev.ended, ev.ended_ns = True, received
             if ev.frozen_crops is None:
-                ev.frozen_crops = ev.crops
+                ev.freeze()
                 ev.last_exposure_ns, ev.last_input_ns = message.exposure_ns, message.segmented_ns
         elif isinstance(message, ScoreDropped):
             ev = self._tracks.get(message.track_id)
             if ev is None:
                 return
-            ev.dropped.append(message.crop_index)
-        else:  # classification.Classified, keyed by its Observation
-            obs: Observation = message.key
+            if message.end is None:
+                ev.dropped.append(message.crop_index)
+            else:
+                ev.ends_dropped.add((message.crop_index, message.end))
+        else:  # classification.Classified, keyed by its Observation or EndCrop
+            obs: Observation | EndCrop = message.key
             ev = self._tracks.get(obs.track_id)
             if ev is None:
                 return
-            ev.scores.append(message.p_ctc)
-            self.current_p[obs.track_id] = ev.p_ctc
+            if isinstance(obs, EndCrop):
+                ev.end_scores[obs.index, obs.end] = message.p_ctc
+            else:
+                ev.scores.append(message.p_ctc)
+                self.current_p[obs.track_id] = ev.p_ctc
             self.latency["classification"].add(message.done_ns - message.submitted_ns)
             ev.last_exposure_ns, ev.last_input_ns = obs.exposure_ns, message.done_ns
         self._maybe_decide(ev)
@@ -170,8 +180,12 @@ class Decider:
         ev.diameters.append(obs.diameter_um)
         if obs.crop is not None:
             ev.crops += 1
-        if obs.leaving and ev.frozen_crops is None:
-            ev.frozen_crops = ev.crops
+        if obs.end_index >= 0:
+            ev.end_pairs += 1
+            if ev.crops <= self.config.tracking.min_observations:
+                ev.two_cells_early = True
+        if obs.leaving:
+            ev.freeze()
         if self.keep_finished and obs.scene_time_s is not None:
             ev.path.append((obs.scene_time_s, obs.x_um, obs.y_um))
         return ev
@@ -180,12 +194,15 @@ class Decider:
         tracking = self.config.tracking
         decided = self.states.get(ev.track_id, "pending") != "pending"
         if not decided and ev.n_obs >= tracking.min_track_length:
-            scores = ev.evidence_for_decision(
-                tracking.min_observations, self.threshold, tracking.uncertain_margin
-            )
-            if scores is not None:  # empty when every crop was dropped: uncertain
-                self._decide(ev, combine(scores) if scores else None)
-                decided = True
+            if ev.two_cells(self.config.sorter.sort_distance_um):
+                decided = self._decide_two_cells(ev)
+            else:
+                scores = ev.evidence_for_decision(
+                    tracking.min_observations, self.threshold, tracking.uncertain_margin
+                )
+                if scores is not None:  # empty when every crop was dropped: uncertain
+                    self._decide(ev, combine(scores) if scores else None)
+                    decided = True
         if (not decided and ev.track_id not in self.inconclusive
                 and ev.scored >= tracking.min_observations):
             first = combine(ev.scores[:tracking.min_observations])
@@ -237,13 +254,29 @@ class Decider:
             ev.latency_ms = (done - ev.last_exposure_ns) / 1e6
             self.latency["end_to_end"].add(done - ev.last_exposure_ns)
 
+    def _decide_two_cells(self, ev: Evidence) -> bool:
+        """Decide a blob of two cells on each cell's own crops: a CTC if either is one, and
+        its pulse aimed at that cell. False while their scores are still to come."""
+        ends = ev.end_evidence()
+        if ends is None:
+            return False
+        margin = self.config.tracking.uncertain_margin
+        p_ends = [combine(scores) if scores else None for scores in ends]
+        ev.aim = tuple(end for end, p in enumerate(p_ends)
+                       if classify(p, self.threshold, margin) == "ctc")
+        # The larger P(CTC) classifies the pair as the rule above does: CTC if either is,
+        # WBC only if both are.
+        known = [p for p in p_ends if p is not None]
+        self._decide(ev, max(known) if known else None)
+        return True
+
     def _trigger(self, ev: Evidence) -> None:
         sorter_cfg = self.config.sorter
         if ev.fit is None or not math.isfinite(ev.fit.velocity) or ev.fit.velocity <= 0:
             self._record_late(ev, "no velocity estimate")
             return
         target_ns, width_us = plan_pulse(ev.fit, ev.trusted, ev.camera_time_s, ev.exposure_ns,
-                                      sorter_cfg, ev.ends)
+                                      sorter_cfg, ev.ends, ev.aim)
         lead_ms = (target_ns - time.monotonic_ns()) / 1e6
         if lead_ms < sorter_cfg.min_lead_ms:
             self._record_late(ev, f"pulse due in {lead_ms:.1f} ms")
@@ -263,9 +296,11 @@ class Decider:
         apart_um = ends_apart_um(ev.fit, ev.ends, sorter_cfg.sort_distance_um)
         if apart_um > COINCIDENT_APART_UM:
             self.counts.pulses["coincident"] += 1
+        if ev.aim:
+            self.counts.pulses["aimed"] += 1
         row = {"pulse_id": pulse_id, "track_id": ev.track_id, "target_ns": target_ns,
                "width_us": width_us, "sent_ns": sent_ns, "outcome": "pending",
-               "apart_um": round(apart_um, 2)}
+               "apart_um": round(apart_um, 2), "aim": AIM_NAMES[ev.aim]}
         self.pulses[pulse_id] = row
         self.store.put("pulses", row)
 

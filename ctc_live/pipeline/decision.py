@@ -45,6 +45,16 @@ class Evidence:
     scores: list[float] = field(default_factory=list)  # P(CTC) per crop, in crop order
     ended: bool = False
     frozen_crops: int | None = None  # crops that count, fixed when the cell leaves or ends
+    # End crops (EndCrop: the rear and front cells of a blob longer than high), by (pair
+    # index, end): scored, and never scored.
+    end_pairs: int = 0
+    end_scores: dict[tuple[int, int], float] = field(default_factory=dict)
+    ends_dropped: set[tuple[int, int]] = field(default_factory=set)
+    frozen_end_pairs: int = 0
+    # End crops came with the track's first crops: it may be two cells, and is decided when
+    # it leaves, once its ends' lines tell.
+    two_cells_early: bool = False
+    aim: tuple[int, ...] = ()  # the ends (0 rear, 1 front) decided CTC in a blob of two
     ended_ns: int = 0  # when the decision thread learned the track ended
     # Kinematics of the latest observation.
     exposure_ns: int = 0
@@ -69,6 +79,11 @@ class Evidence:
     # Simulator scoring: (scene time, x, y) of each observation.
     path: list[tuple[float, float, float]] = field(default_factory=list)
 
+    def freeze(self) -> None:
+        """The cell leaves or has ended: the crops sent so far are those that count."""
+        if self.frozen_crops is None:
+            self.frozen_crops, self.frozen_end_pairs = self.crops, self.end_pairs
+
     @property
     def scored(self) -> int:
         return len(self.scores)
@@ -91,7 +106,8 @@ class Evidence:
         a replay gives the same decisions at any speed: the first ``min_scores`` crops when
         they are already confident, else every crop sent before the cell began to leave.
         """
-        if self.scored >= min_scores:
+        if self.scored >= min_scores and (not self.two_cells_early
+                                          or self.frozen_crops is not None):
             early = self.scores[:min_scores]
             if classify(combine(early), threshold, margin) != "uncertain":
                 return early
@@ -100,6 +116,26 @@ class Evidence:
             if self.scored >= needed:
                 return self.scores[:needed]
         return None
+
+    def two_cells(self, sort_distance_um: float) -> bool:
+        """Whether the track, frozen, is a blob of two cells to decide on its end crops.
+
+        Only a track that had end crops with its first crops, and so waited to leave: had
+        one decided early been taken up again when its scores came late, decisions would
+        depend on timing."""
+        return (self.two_cells_early and self.frozen_crops is not None
+                and self.fit is not None
+                and ends_apart_um(self.fit, self.ends, sort_distance_um) > COINCIDENT_APART_UM)
+
+    def end_evidence(self) -> tuple[list[float], list[float]] | None:
+        """The rear and front cells' crop scores sent before the cell began to leave, or
+        None to wait for them."""
+        n = self.frozen_end_pairs
+        done = [k for k in (*self.end_scores, *self.ends_dropped) if k[0] < n]
+        if len(done) < 2 * n:
+            return None
+        return tuple([p for (i, e), p in self.end_scores.items() if e == end and i < n]
+                     for end in (0, 1))
 
 
 def ends_apart_um(fit: LineFit, ends: tuple[LineFit, LineFit] | None,
@@ -120,7 +156,7 @@ COINCIDENT_APART_UM = 6.0
 
 def plan_pulse(
     fit: LineFit, trusted: bool, camera_time_s: float, exposure_ns: int, sorter: SorterConfig,
-    ends: tuple[LineFit, LineFit] | None = None,
+    ends: tuple[LineFit, LineFit] | None = None, aim: tuple[int, ...] = (),
 ) -> tuple[int, float]:
     """(start in host ns, width in µs) of the pulse that deflects a cell whose track's line
     is ``fit``, last seen in the frame of camera time ``camera_time_s`` exposed at host time
@@ -141,23 +177,37 @@ def plan_pulse(
     for every track hit 0.935 / 0.929 too, but with 0.055 / 0.059 bystanders: the widening
     pays where the line is in doubt, and there only.
 
-    With ``sorter.coincidence: span``, a blob of two cells (``ends`` crossing more than
-    ``COINCIDENT_APART_UM`` apart) gets a pulse from the first of its cells' crossings to
-    the last, each with the margins, at most ``span_max_um`` long around the centroid's.
+    A blob of two cells (``ends``, crossing more than ``COINCIDENT_APART_UM`` apart) whose
+    cells were told apart by their own crops gets its pulse on the line of the end decided
+    CTC (``aim``: 0 rear, 1 front; an end's line is never trusted), or, both CTCs, from the
+    first crossing to the last. Not told apart, it gets one on the centroid, or with
+    ``sorter.coincidence: span`` one from the first of its cells' crossings to the last.
+    A pulse over two crossings is at most ``span_max_um`` long, centred on the centroid's.
     """
-    crossing_s = fit.t_at(sorter.sort_distance_um)
-    half_um = sorter.pulse_margin_us * 1e-6 * fit.velocity + sorter.pulse_margin_um
-    if not trusted:
-        half_um += sorter.pulse_sigmas * fit.x_sigma(crossing_s)
-    half_s = min(half_um, sorter.pulse_max_half_um) / fit.velocity
-    first_s, last_s = crossing_s - half_s, crossing_s + half_s
-    if (sorter.coincidence == "span"
-            and ends_apart_um(fit, ends, sorter.sort_distance_um) > COINCIDENT_APART_UM):
-        margin_s = sorter.pulse_margin_us * 1e-6 + sorter.pulse_margin_um / fit.velocity
-        cells_s = [line.t_at(sorter.sort_distance_um) for line in ends]
+    distance = sorter.sort_distance_um
+    if aim:
+        windows = [_window(ends[end], False, sorter) for end in aim]
+    else:
+        windows = [_window(fit, trusted, sorter)]
+        two_cells = ends_apart_um(fit, ends, distance) > COINCIDENT_APART_UM
+        if sorter.coincidence == "span" and two_cells:
+            windows += [_window(line, True, sorter) for line in ends]
+    first_s, last_s = min(w[0] for w in windows), max(w[1] for w in windows)
+    if len(windows) > 1:
+        crossing_s = fit.t_at(distance)
         half_span_s = sorter.span_max_um / 2 / fit.velocity
-        first_s = max(min(first_s, min(cells_s) - margin_s), crossing_s - half_span_s)
-        last_s = min(max(last_s, max(cells_s) + margin_s), crossing_s + half_span_s)
+        first_s = max(first_s, crossing_s - half_span_s)
+        last_s = min(last_s, crossing_s + half_span_s)
     width_us = min(max((last_s - first_s) * 1e6, sorter.min_pulse_us), sorter.max_pulse_us)
     centre_ns = exposure_ns + ((first_s + last_s) / 2 - camera_time_s) * 1e9
     return int(centre_ns - width_us * 500), width_us
+
+
+def _window(line: LineFit, trusted: bool, sorter: SorterConfig) -> tuple[float, float]:
+    """When (camera time, s) a pulse must start and end for the cell on ``line``."""
+    crossing_s = line.t_at(sorter.sort_distance_um)
+    half_um = sorter.pulse_margin_us * 1e-6 * line.velocity + sorter.pulse_margin_um
+    if not trusted:
+        half_um += sorter.pulse_sigmas * line.x_sigma(crossing_s)
+    half_s = min(half_um, sorter.pulse_max_half_um) / line.velocity
+    return crossing_s - half_s, crossing_s + half_s

@@ -1,7 +1,8 @@
 """Records passed between the pipeline's threads, each stamped with time.monotonic_ns().
 
 Scores come back from the classifier as ``classification.Classified`` whose key is the
-:class:`Observation` the crop belongs to.
+:class:`Observation` the crop belongs to, or the :class:`EndCrop` for a crop of one cell of
+a blob of two.
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ class Observation:
     leaving: bool  # the cell will be out of the field by the next frame
     crop: np.ndarray | None  # queued for scoring; None when not (edge, track has enough)
     crop_index: int  # k for the track's k-th crop queued for scoring, -1 without a crop
+    # k for the track's k-th pair of end crops queued for scoring (EndCrop), -1 without.
+    end_index: int = -1
+
+
+@dataclass(slots=True)
+class EndCrop:
+    """Segmentation → classifier → decision: the key of one crop of a pair cut at a blob's
+    rear (end 0) and front (end 1) cells (CellRecord.end_crops)."""
+
+    track_id: int
+    index: int  # the pair's, as Observation.end_index
+    end: int
+    exposure_ns: int
 
 
 @dataclass(slots=True)
@@ -52,3 +66,4 @@ class ScoreDropped:
 
     track_id: int
     crop_index: int
+    end: int | None = None  # for an EndCrop: its end; crop_index is then the pair's index

@@ -17,6 +17,10 @@ back a few frames later. Crops beyond those are held here until the decision thr
 whether it needs them (the first crops were not confident: it decides on all of them) or not
 (decided: they are dropped): scoring them all cost the classifier half its work at 200 fps.
 Which crops count for a decision is unchanged, so decisions do not depend on timing.
+
+A blob longer than high may be two cells overlapping in the image; its detections also carry a
+crop of each end's cell (:class:`EndCrop`), sent for scoring at once while the track is
+undecided: a blob of two is decided on them when it leaves the field (see the decision thread).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 
 from ctc_live.config import Config
 from ctc_live.errors import CtcLiveError
-from ctc_live.pipeline.messages import Observation, ScoreDropped, TrackEnded
+from ctc_live.pipeline.messages import EndCrop, Observation, ScoreDropped, TrackEnded
 from ctc_live.pipeline.runtime import settle_garbage_collector
 from ctc_live.pipeline.snapshot import CellView
 from ctc_live.pipeline.stats import LatencyHistogram, RateMeter
@@ -75,6 +79,9 @@ class Detection:
     y_px: float
     bbox: tuple[int, int, int, int]  # x, y, width, height in px
     crop: np.ndarray | None  # inside the frame and among the track's first crops
+    # Crops of the blob's rear and front cells, for a blob longer than high (CellRecord.end_crops),
+    # inside the frame and among the track's first such pairs.
+    end_crops: tuple[np.ndarray, np.ndarray] | None
 
 
 @dataclass(slots=True)
@@ -113,6 +120,7 @@ class FrameAnalyser:
         self.max_crops = tracking.max_crops_per_track
         self.fit_max_eccentricity = tracking.fit_max_eccentricity
         self._crops: dict[int, int] = {}
+        self._end_crops: dict[int, int] = {}
 
     def process(self, image: np.ndarray, number: int, camera_time_ms: float) -> FrameResult:
         cells = self.segmenter.process(image, number)
@@ -146,13 +154,21 @@ class FrameAnalyser:
             if not cell.touches_edge and sent < self.max_crops:
                 crop = cell.crop
                 self._crops[track_id] = sent + 1
+            ends_sent = self._end_crops.get(track_id, 0)
+            end_crops = None
+            if not cell.touches_edge and ends_sent < self.max_crops:
+                end_crops = cell.end_crops()
+                if end_crops is not None:
+                    self._end_crops[track_id] = ends_sent + 1
             leaving = x_um + velocity * self.frame_interval_s > self.leave_at_um
             detections.append(Detection(
                 track_id, x_um, cell.y_um, cell.diameter_um, velocity, track.fit, track.trusted,
                 track.ends if leaving else None, leaving, cell.x_px, cell.y_px, cell.bbox, crop,
+                end_crops,
             ))
         for track in update.ended:
             self._crops.pop(track.id, None)
+            self._end_crops.pop(track.id, None)
         return FrameResult(number, segmented_ns, detections,
                            [(track.id, number) for track in update.ended])
 
@@ -237,6 +253,7 @@ class SegmentationStage:
         self.error: str | None = None
         self.failed_frames = 0  # taken after (or by) a failure, never processed
         self._crops: dict[int, int] = {}
+        self._end_pairs: dict[int, int] = {}
         cam = config.camera
         ctx = mp.get_context("spawn")  # never fork a process that runs threads
         self.frames = FrameQueue(FrameWriter(ctx, (cam.height, cam.width),
@@ -326,25 +343,33 @@ class SegmentationStage:
         self.decisions.put([TrackEnded(track_id, frame, exposure_ns, now)
                             for track_id, frame in ended])
         # The stream is over: no early decision will come for what is still held.
-        self._submit([obs for held in self._held.values() for obs in held])
+        self._submit([(obs, obs.crop) for held in self._held.values() for obs in held])
         self._held.clear()
 
     def _pass_on(self, frame, result: FrameResult) -> None:
         if self.first_frame is None:
             self.first_frame = frame
         segmented_ns = result.segmented_ns
-        messages, to_score, views = [], [], []
+        messages, to_score, end_crops, views = [], [], [], []
         states = self.decider.states
         for d in result.detections:
-            crop_index = self._crops.get(d.track_id, 0)
             # A decided cell needs no more evidence: its crops would only load the classifier.
-            scored = d.crop is not None and states.get(d.track_id, "pending") == "pending"
+            pending = states.get(d.track_id, "pending") == "pending"
+            crop_index = self._crops.get(d.track_id, 0)
+            scored = d.crop is not None and pending
+            end_index = -1
+            if d.end_crops is not None and pending:
+                end_index = self._end_pairs.get(d.track_id, 0)
+                self._end_pairs[d.track_id] = end_index + 1
+                end_crops += [(EndCrop(d.track_id, end_index, end, frame.exposure_ns), crop)
+                              for end, crop in enumerate(d.end_crops)]
             obs = Observation(
                 d.track_id, frame.number, frame.exposure_ns, segmented_ns, frame.scene_time_s,
                 frame.camera_time_ms / 1000, d.x_um, d.y_um, d.diameter_um, d.velocity_um_s,
                 d.fit, d.trusted, d.ends, d.leaving,
                 crop=d.crop if scored else None,
                 crop_index=crop_index if scored else -1,
+                end_index=end_index,
             )
             messages.append(obs)
             if scored:
@@ -358,13 +383,14 @@ class SegmentationStage:
                                   "pending", None))
         for track_id, _ in result.ended:
             self._crops.pop(track_id, None)
+            self._end_pairs.pop(track_id, None)
             messages.append(TrackEnded(track_id, frame.number, frame.exposure_ns, segmented_ns))
         # One message per frame (each put wakes the decision thread); it must learn of a
         # crop before the crop's score can arrive.
         if messages:
             self.decisions.put(messages)
         # Held crops first: a track's crops are scored in the order they were taken.
-        self._submit(self._release_held() + to_score)
+        self._submit([(obs, obs.crop) for obs in self._release_held() + to_score] + end_crops)
         # A cell leaving the field undecided waits for its crops' scores, and its pulse with
         # it: they skip what is left of the classifier's batch window.
         going = [d.track_id for d in result.detections if d.leaving]
@@ -375,7 +401,6 @@ class SegmentationStage:
         self.latency.add(segmented_ns - frame.popped_ns)
         self.latest = (frame, tuple(views))
         self.processed.total += 1
-
 
     def _wants_all(self, track_id: int) -> bool:
         return track_id in self.decider.inconclusive or track_id in self._needs_all
@@ -395,13 +420,17 @@ class SegmentationStage:
         self._needs_all = {t for t in self._needs_all if t in self._crops or t in states}
         return release
 
-    def _submit(self, crops: list[Observation]) -> None:
+    def _submit(self, crops: list[tuple[Observation | EndCrop, np.ndarray]]) -> None:
         dropped = []
-        for obs in crops:
-            if not self.classifier.submit(obs, obs.crop):
-                dropped.append(ScoreDropped(obs.track_id, obs.crop_index))
-                if obs.crop_index < self.first_crops:  # no early decision can come now
-                    self._needs_all.add(obs.track_id)
+        for key, crop in crops:
+            if self.classifier.submit(key, crop):
+                continue
+            if isinstance(key, EndCrop):
+                dropped.append(ScoreDropped(key.track_id, key.index, key.end))
+            else:
+                dropped.append(ScoreDropped(key.track_id, key.crop_index))
+                if key.crop_index < self.first_crops:  # no early decision can come now
+                    self._needs_all.add(key.track_id)
         if dropped:
             self.crops_dropped += len(dropped)
             self.decisions.put(dropped)

@@ -39,6 +39,10 @@ class CellRecord:
     # The crop, or how to cut it: cut on first use, since the live stage scores only the
     # crops of cells still undecided (cutting every one cost a tenth of its frame time).
     _crop: np.ndarray | Callable[[], np.ndarray] = field(repr=False)
+    # Crops of the cells at the blob's rear and front ends, for a blob longer than high (see
+    # ``end_crops``); None for a round one.
+    _end_crops: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(
+        default=None, repr=False)
 
     @property
     def crop(self) -> np.ndarray:
@@ -46,6 +50,18 @@ class CellRecord:
         if callable(self._crop):
             self._crop = self._crop()
         return self._crop
+
+    def end_crops(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Crops centred on the cells at the rear and front ends of a blob longer than high by
+        ``TWO_CELLS_MIN_EXCESS_UM`` (each end in by half the blob's height), else None.
+
+        Two cells that overlap in the image for their whole crossing make one blob; the crop
+        on its outline mixes them, but one on each end shows mostly one cell. On the
+        simulator (two 60 s scenes, blobs 3 µm or more longer than high) such crops were
+        scored right 99% of the time, and the mean log-odds of a blob's end crops named its
+        CTC in 42 of 44 blobs of two cells, where the blob's own crops called 26 a CTC.
+        """
+        return None if self._end_crops is None else self._end_crops()
 
     def row(self) -> dict:
         """The record without its crop, for tables and CSV files."""
@@ -211,6 +227,20 @@ class CropNormaliser:
         return image[np.ix_(ys, xs)].astype(np.float32)
 
 
+# A blob this much longer (along the flow) than high may hold two cells, one behind the other
+# (one cell's outline varies by a pixel or two either way). Offline, the whole decision path on
+# two 60 s scenes: recovery 0.872 / 0.902 at 2 µm against 0.872 / 0.896 at 3 µm, purity
+# 0.925 / 0.936 against 0.918 / 0.939.
+TWO_CELLS_MIN_EXCESS_UM = 2.0
+
+
+def _end_crops(crops: CropNormaliser, source: np.ndarray, bbox: tuple[int, int, int, int],
+               cy: float) -> tuple[np.ndarray, np.ndarray]:
+    x, _, w, h = bbox
+    inset = (h - 1) / 2  # in pixel centres, as the centroids are
+    return crops(source, x + inset, cy), crops(source, x + w - 1 - inset, cy)
+
+
 def touches_edge(bbox: tuple[int, int, int, int], frame_shape: tuple[int, int]) -> bool:
     x, y, w, h = bbox
     return x == 0 or y == 0 or x + w >= frame_shape[1] or y + h >= frame_shape[0]
@@ -254,6 +284,8 @@ def records_from_shapes(
             labels[y : y + bh, x : x + bw][inside] = 0
             continue
         cx, cy = shape.cx, shape.cy
+        long = (bw - bh) * pixel_size_um >= TWO_CELLS_MIN_EXCESS_UM
+        end_crops = partial(_end_crops, crops, crop_source, shape.bbox, cy) if long else None
         if contrast is not None:
             m = cv2.moments(np.abs(contrast[y : y + bh, x : x + bw]) * inside)
             if m["m00"] > 0:
@@ -275,6 +307,7 @@ def records_from_shapes(
                 touches_edge=touches_edge(shape.bbox, image.shape),
                 single_cell=rules.is_single(shape, area),
                 _crop=partial(crops, crop_source, shape.cx, shape.cy),
+                _end_crops=end_crops,
             )
         )
     return records

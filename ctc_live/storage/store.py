@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS pulses (
     outcome TEXT,                  -- pending | done | missed | cancelled | error | lost | late
     actual_start_ns INTEGER,       -- controller's start, converted to host ns
     error_us REAL,                 -- actual - target
-    apart_um REAL                  -- the blob's two cell lines this far apart at the sorter
+    apart_um REAL,                 -- the blob's two cell lines this far apart at the sorter
+    aim TEXT                       -- a blob of two cells told apart: rear | front | both
 );
 CREATE TABLE IF NOT EXISTS events (
     t_ns INTEGER,
@@ -81,7 +82,7 @@ TABLE_COLUMNS = {
     ],
     "pulses": [
         "pulse_id", "track_id", "target_ns", "width_us", "sent_ns", "outcome",
-        "actual_start_ns", "error_us", "apart_um",
+        "actual_start_ns", "error_us", "apart_um", "aim",
     ],
     "events": ["t_ns", "level", "kind", "message"],
     "run": ["key", "value"],
