@@ -174,9 +174,13 @@ class FrameAnalyser:
 
     def _blob_extents(self, cells, bx: np.ndarray, bw: np.ndarray, bh: np.ndarray) -> np.ndarray:
         """Per blob: its rear and front ends along x and its height (µm, between pixel
-        centres, as the centroids are); NaN for blobs cut by the frame's edge."""
+        centres, as the centroids are); NaN for blobs cut by the frame's edge, and for blobs
+        too round to hold two cells: a track whose cell was merged with a passing neighbour
+        for a few frames had those ends' lines bent by the frames before and after."""
         extents = np.stack([bx, bx + bw - 1, bh - 1], axis=1) * self.pixel_size_um
-        extents[np.fromiter((c.touches_edge for c in cells), bool, len(cells))] = np.nan
+        left_out = np.fromiter((c.touches_edge or not c.may_be_two_cells for c in cells), bool,
+                               len(cells))
+        extents[left_out] = np.nan
         return extents
 
     def finish(self) -> list[tuple[int, int]]:

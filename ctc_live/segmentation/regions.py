@@ -51,9 +51,16 @@ class CellRecord:
             self._crop = self._crop()
         return self._crop
 
+    @property
+    def may_be_two_cells(self) -> bool:
+        """Longer than high by ``TWO_CELLS_MIN_EXCESS_UM``: maybe two cells, one behind the
+        other."""
+        return self._end_crops is not None
+
     def end_crops(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Crops centred on the cells at the rear and front ends of a blob longer than high by
-        ``TWO_CELLS_MIN_EXCESS_UM`` (each end in by half the blob's height), else None.
+        ``TWO_CELLS_MIN_EXCESS_UM`` (``may_be_two_cells``; each end in by half the blob's
+        height), else None.
 
         Two cells that overlap in the image for their whole crossing make one blob; the crop
         on its outline mixes them, but one on each end shows mostly one cell. On the

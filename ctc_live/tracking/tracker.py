@@ -41,7 +41,7 @@ TRUSTED_MIN_POINTS = 8
 TRUSTED_MAX_UNRELIABLE = 1
 
 # The lines of a blob's front and rear cell centres (see ``Track.ends``) are fitted once the
-# blob was seen whole in this many frames.
+# blob was seen whole, and long enough to hold two cells, in this many frames.
 ENDS_MIN_POINTS = 4
 
 
@@ -173,10 +173,12 @@ class Track:
     @property
     def ends(self) -> tuple[LineFit, LineFit] | None:
         """Lines of the rear and front cell centres of the track's blob: its ends' lines, in
-        by half its median height (one cell's diameter). For one cell both are the centroid's
-        line; for two cells overlapping in the image (one blob for the whole crossing, 11% of
-        CTCs at 100 cells/s on the simulator) they are the two cells' lines, which part on
-        the way to the sorter, where the centroid's line, between them, misses both."""
+        by half its median height (one cell's diameter), fitted to the frames where the blob
+        was long enough to hold two cells (``update``'s extents). For two cells overlapping
+        in the image (one blob for the whole crossing, 11% of CTCs at 100 cells/s on the
+        simulator) they are the two cells' lines, which part on the way to the sorter, where
+        the centroid's line, between them, misses both. For one cell there are none: its
+        blob is round."""
         if self._rear is None or len(self._heights) < ENDS_MIN_POINTS:
             return None
         half = sorted(self._heights)[len(self._heights) // 2] / 2
@@ -256,7 +258,8 @@ class Tracker:
         line for up to ``max_hidden_frames`` instead of ending; the cell is one track
         again when the blob splits. ``touching[i]`` True marks a detection touching another
         one: its track is no longer ``trusted``. ``extents`` (N, 3: rear and front ends along x,
-        height, µm; NaN where the blob is cut by the frame's edge): see ``Track.ends``."""
+        height, µm; NaN where the blob is cut by the frame's edge or cannot hold two cells):
+        see ``Track.ends``."""
         tracks = list(self.active.values())
         track_of = self._assign(tracks, t_s, x_um, y_um)
         ids = np.zeros(len(x_um), dtype=np.int64)
