@@ -190,6 +190,9 @@ def test_the_decision_thread_decides_a_blob_of_two_on_its_cells(tmp_path, ends_v
         decider.handle(Observation(
             7, k, k, k, None, k / 200, 50.0 * k, 240.0, 11.0, 5000.0, line(), True,
             ends if leaving else None, leaving, crop, k, end_index=k))
+    # Seen once more, cut by the frame's edge (no crops, no end lines), before the scores.
+    decider.handle(Observation(7, 4, 4, 4, None, 0.02, 200.0, 240.0, 11.0, 5000.0, line(),
+                               True, None, True, None, -1))
     observations = []  # scores come back after their observations, as in the pipeline
     for k in range(4):
         key = Observation(7, k, k, k, None, 0, 0, 0, 0, 0, None, True, None, False, crop, k)
@@ -198,7 +201,7 @@ def test_the_decision_thread_decides_a_blob_of_two_on_its_cells(tmp_path, ends_v
             observations.append(Classified(EndCrop(7, k, end, k), p, 0, 0, 1))
     for message in observations:
         decider.handle(message)
-    decider.handle(TrackEnded(7, 3, 3, 3))
+    decider.handle(TrackEnded(7, 4, 4, 4))
     store.close()
     (cell,) = read_run(tmp_path)["cells"]
     assert cell["decision"] == decision

@@ -176,7 +176,7 @@ class Decider:
         ev.n_obs += 1
         ev.exposure_ns, ev.x_um, ev.y_um = obs.exposure_ns, obs.x_um, obs.y_um
         ev.velocity_um_s, ev.fit, ev.camera_time_s = obs.velocity_um_s, obs.fit, obs.camera_time_s
-        ev.trusted, ev.ends = obs.trusted, obs.ends
+        ev.trusted = obs.trusted
         ev.diameters.append(obs.diameter_um)
         if obs.crop is not None:
             ev.crops += 1
@@ -184,7 +184,10 @@ class Decider:
             ev.end_pairs += 1
             if ev.crops <= self.config.tracking.min_observations:
                 ev.two_cells_early = True
-        if obs.leaving:
+        if obs.leaving and ev.frozen_crops is None:
+            # The lines a blob of two is decided on, fixed with the crops that count: later
+            # detections (cut by the edge) carry none, and arrive before or after the scores.
+            ev.ends = obs.ends
             ev.freeze()
         if self.keep_finished and obs.scene_time_s is not None:
             ev.path.append((obs.scene_time_s, obs.x_um, obs.y_um))
