@@ -189,8 +189,8 @@ def plan_pulse(
         windows = [_window(ends[end], False, sorter) for end in aim]
     else:
         windows = [_window(fit, trusted, sorter)]
-        two_cells = ends_apart_um(fit, ends, distance) > COINCIDENT_APART_UM
-        if sorter.coincidence == "span" and two_cells:
+        if (sorter.coincidence == "span"
+                and ends_apart_um(fit, ends, distance) > COINCIDENT_APART_UM):
             windows += [_window(line, True, sorter) for line in ends]
     first_s, last_s = min(w[0] for w in windows), max(w[1] for w in windows)
     if len(windows) > 1:
