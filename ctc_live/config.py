@@ -307,6 +307,17 @@ class SorterConfig(Section):
         description="most travel a pulse covers on each side of the predicted crossing: a "
         "track too uncertain for it gets this much, not a pulse that deflects its neighbours",
     )
+    widen_sigmas: NonNegativeFloat = Field(
+        6.0,
+        description="an untrusted track's pulse is widened further, up to this many standard "
+        "errors on each side, wherever no other cell (not decided a CTC) is predicted to "
+        "cross: its line is often further off than its standard error says, and a longer "
+        "pulse there deflects no known bystander. At least pulse_sigmas; equal: off",
+    )
+    widen_max_half_um: PositiveFloat = Field(
+        15.0, description="most travel a widened pulse covers on each side of the predicted "
+        "crossing; at least pulse_max_half_um"
+    )
     coincidence: Literal["centroid", "span"] = Field(
         "centroid",
         description="the pulse for a CTC whose blob holds two cells overlapping in the image "
@@ -341,6 +352,16 @@ class SorterConfig(Section):
             raise ValueError(
                 f"min_pulse_us ({self.min_pulse_us}) must not exceed max_pulse_us "
                 f"({self.max_pulse_us})"
+            )
+        if self.widen_sigmas < self.pulse_sigmas:
+            raise ValueError(
+                f"widen_sigmas ({self.widen_sigmas}) must not be below pulse_sigmas "
+                f"({self.pulse_sigmas})"
+            )
+        if self.widen_max_half_um < self.pulse_max_half_um:
+            raise ValueError(
+                f"widen_max_half_um ({self.widen_max_half_um}) must not be below "
+                f"pulse_max_half_um ({self.pulse_max_half_um})"
             )
         return self
 

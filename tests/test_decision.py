@@ -64,7 +64,8 @@ def line(velocity=5000.0, n=10, sigma_um=0.3, span_s=0.05):
 
 def test_pulse_is_centred_on_the_predicted_crossing():
     sorter = SorterConfig(sort_distance_um=1500, pulse_margin_us=100, pulse_margin_um=0.2,
-                          pulse_sigmas=2.5, pulse_max_half_um=100, min_pulse_us=100)
+                          pulse_sigmas=2.5, pulse_max_half_um=100, min_pulse_us=100,
+                          widen_sigmas=2.5, widen_max_half_um=100)  # widening off
     fit = line()
     start_ns, width_us = plan_pulse(fit, False, camera_time_s=1.0, exposure_ns=10**9,
                                     sorter=sorter)
@@ -81,7 +82,8 @@ def test_a_trusted_line_gets_the_margins_alone():
 
 
 def test_an_untrusted_pulse_covers_the_uncertainty_of_the_track_line():
-    sorter = SorterConfig(min_pulse_us=1, max_pulse_us=20_000, pulse_max_half_um=100)
+    sorter = SorterConfig(min_pulse_us=1, max_pulse_us=20_000, pulse_max_half_um=100,
+                          widen_sigmas=2.0, widen_max_half_um=100)  # widening off
     _, long_track = plan_pulse(line(n=12, span_s=0.06), False, 1.0, 0, sorter)
     _, short_track = plan_pulse(line(n=3, span_s=0.01), False, 1.0, 0, sorter)
     _, noisy_track = plan_pulse(line(n=12, span_s=0.06, sigma_um=1.0), False, 1.0, 0, sorter)
@@ -89,9 +91,98 @@ def test_an_untrusted_pulse_covers_the_uncertainty_of_the_track_line():
     assert short_track > 3 * long_track
     assert noisy_track > 2 * long_track
     # Never longer than the cap: a very uncertain track would deflect its neighbours.
-    capped = SorterConfig(min_pulse_us=1, pulse_max_half_um=4.0)
+    capped = SorterConfig(min_pulse_us=1, pulse_max_half_um=4.0, widen_max_half_um=4.0)
     assert plan_pulse(line(n=3, span_s=0.01), False, 1.0, 0, capped)[1] == pytest.approx(
         2 * 4.0 / 5000 * 1e6)
+
+
+def test_an_untrusted_pulse_widens_up_to_the_nearest_known_neighbour():
+    from ctc_live.pipeline.decision import sorter_window
+
+    sorter = SorterConfig(min_pulse_us=1)
+    fit = line(n=3, span_s=0.01)  # seen in few frames: its standard error is microns
+    own, widest = (sorter_window(fit, False, sorter, w) for w in (False, True))
+    um = 1 / 5000  # s of travel per µm
+
+    def window(others, trusted=False):
+        start_ns, width_us = plan_pulse(fit, trusted, 1.0, 10**9, sorter, others=others)
+        return start_ns / 1e9, start_ns / 1e9 + width_us / 1e6
+
+    assert (own[1] - own[0]) / um == pytest.approx(2 * sorter.pulse_max_half_um)
+    assert (widest[1] - widest[0]) / um == pytest.approx(2 * sorter.widen_max_half_um)
+    # No cell about: as wide as it may be, centred on the crossing.
+    assert window([]) == pytest.approx(widest, abs=1e-9)
+    # A cell crossing 8 µm after: the pulse ends where that cell's window starts.
+    after = (own[1] + 5 * um, own[1] + 7 * um)
+    assert window([after]) == pytest.approx((widest[0], after[0]), abs=1e-9)
+    # Cells before it, the nearest one counts; one whose window overlaps its own leaves the
+    # pulse its own window on that side, never shorter.
+    before = [(widest[0] - 9 * um, widest[0] - 7 * um), (own[0] - 3 * um, own[0] - 2 * um)]
+    assert window(before) == pytest.approx((own[0] - 2 * um, widest[1]), abs=1e-9)
+    overlapping = (own[1] - 1 * um, own[1] + 1 * um)
+    assert window([overlapping]) == pytest.approx((widest[0], own[1]), abs=1e-9)
+    # A trusted line has no standard error to widen by.
+    assert window([], trusted=True) == pytest.approx(
+        sorter_window(fit, True, sorter), abs=1e-9)
+
+
+def test_widening_below_the_pulse_rule_is_a_config_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"widen_sigmas \(1.0\) must not be below"):
+        SorterConfig(widen_sigmas=1.0)
+    with pytest.raises(ValidationError, match=r"widen_max_half_um \(20.0\) must not be below"):
+        SorterConfig(pulse_max_half_um=25.0, widen_max_half_um=20.0)
+
+
+@pytest.mark.parametrize(("neighbour", "clipped"), [("wbc", True), ("ctc", False)])
+def test_the_decision_thread_widens_a_pulse_up_to_a_neighbour_not_a_ctc(tmp_path, neighbour,
+                                                                       clipped):
+    """Two cells in the field, the second crossing 8 µm after the first; the first is a CTC
+    seen in few frames (an untrusted line). Its pulse stops short of a WBC's crossing and
+    runs over a CTC's."""
+    import time
+
+    from ctc_live.classification.inference import Classified
+    from ctc_live.config import Config
+    from ctc_live.pipeline.decider import Decider
+    from ctc_live.pipeline.decision import sorter_window
+    from ctc_live.pipeline.messages import Observation
+    from ctc_live.storage.store import RunStore
+
+    class Sorter:
+        def __init__(self):
+            self.pulses = []
+
+        def fire(self, target_ns, width_us):
+            self.pulses.append((target_ns, width_us))
+            return len(self.pulses)
+
+    config = Config()
+    store, sorter = RunStore(tmp_path / "run.sqlite").start(), Sorter()
+    decider = Decider(config, store, sorter)
+    crop = np.zeros((30, 30), np.float32)
+    ctc_line = line(n=3, span_s=0.01)
+    t0 = ctc_line.t0
+    neighbour_line = LineFit(t0, ctc_line.x0 - 8.0, 5000.0, 12, 1e-3, 0.2)
+    exposure_ns = time.monotonic_ns()
+    scores = {1: 0.99, 2: 0.99 if neighbour == "ctc" else 0.01}
+    for k in range(3):
+        for track_id, fit in ((2, neighbour_line), (1, ctc_line)):
+            observation = Observation(track_id, k, exposure_ns, exposure_ns, None, 1.0,
+                                      250.0 + 20 * k, 240.0, 11.0, 5000.0, fit,
+                                      track_id == 2, None, track_id == 1 and k == 2, crop, k)
+            decider.handle(observation)
+            decider.handle(Classified(observation, scores[track_id], 0, 0, 1))
+    store.close()
+    assert decider.states == {1: "ctc", 2: neighbour}
+    ((start_ns, width_us),) = sorter.pulses
+    first = (start_ns - exposure_ns) / 1e9 + 1.0  # camera time
+    last = first + width_us / 1e6
+    widest = sorter_window(ctc_line, False, config.sorter, True)
+    assert first == pytest.approx(widest[0], abs=1e-8)
+    expected_last = sorter_window(neighbour_line, True, config.sorter)[0] if clipped else widest[1]
+    assert last == pytest.approx(expected_last, abs=1e-8)
 
 
 def test_a_span_pulse_covers_both_cells_of_a_blob_of_two():
@@ -209,7 +300,8 @@ def test_the_decision_thread_decides_a_blob_of_two_on_its_cells(tmp_path, ends_v
 
 
 def test_pulse_width_is_clamped_to_the_safety_limits():
-    sorter = SorterConfig(min_pulse_us=500, max_pulse_us=800, pulse_max_half_um=1e6)
+    sorter = SorterConfig(min_pulse_us=500, max_pulse_us=800, pulse_max_half_um=1e6,
+                          widen_max_half_um=1e6)
     _, fast = plan_pulse(line(velocity=1e6), False, 1.0, 0, sorter)
     _, slow = plan_pulse(line(velocity=1.0), False, 1.0, 0, sorter)
     assert (fast, slow) == (500, 800)

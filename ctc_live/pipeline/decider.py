@@ -30,6 +30,7 @@ from ctc_live.pipeline.decision import (
     combine,
     ends_apart_um,
     plan_pulse,
+    sorter_window,
 )
 from ctc_live.pipeline.messages import EndCrop, Observation, ScoreDropped, TrackEnded
 from ctc_live.pipeline.stats import LatencyHistogram, RateMeter
@@ -100,6 +101,9 @@ class Decider:
         self.finished: list[FinishedCell] = []
         self.pulses: dict[int, dict] = {}
         self._tracks: dict[int, Evidence] = {}
+        # Every track's window at the sorter (camera time, s) from its latest line, kept until
+        # it has passed: a widened pulse stops short of the non-CTCs' (plan_pulse's others).
+        self._windows: dict[int, tuple[float, float]] = {}
         self._thread = threading.Thread(target=self._run, name="decision", daemon=True)
         self._stop = threading.Event()
 
@@ -172,11 +176,14 @@ class Decider:
                           y_first_um=obs.y_um)
             self._tracks[obs.track_id] = ev
             self.states[obs.track_id] = "pending"
+            self._forget_passed_windows(obs.camera_time_s)
         ev.last_frame = obs.frame
         ev.n_obs += 1
         ev.exposure_ns, ev.x_um, ev.y_um = obs.exposure_ns, obs.x_um, obs.y_um
         ev.velocity_um_s, ev.fit, ev.camera_time_s = obs.velocity_um_s, obs.fit, obs.camera_time_s
         ev.trusted = obs.trusted
+        if obs.fit is not None and obs.fit.velocity > 0:
+            self._windows[obs.track_id] = sorter_window(obs.fit, obs.trusted, self.config.sorter)
         ev.diameters.append(obs.diameter_um)
         if obs.crop is not None:
             ev.crops += 1
@@ -278,8 +285,10 @@ class Decider:
         if ev.fit is None or not math.isfinite(ev.fit.velocity) or ev.fit.velocity <= 0:
             self._record_late(ev, "no velocity estimate")
             return
+        others = [window for track_id, window in self._windows.items()
+                  if track_id != ev.track_id and self._decision(track_id) != "ctc"]
         target_ns, width_us = plan_pulse(ev.fit, ev.trusted, ev.camera_time_s, ev.exposure_ns,
-                                      sorter_cfg, ev.ends, ev.aim)
+                                         sorter_cfg, ev.ends, ev.aim, others)
         lead_ms = (target_ns - time.monotonic_ns()) / 1e6
         if lead_ms < sorter_cfg.min_lead_ms:
             self._record_late(ev, f"pulse due in {lead_ms:.1f} ms")
@@ -306,6 +315,15 @@ class Decider:
                "apart_um": round(apart_um, 2), "aim": AIM_NAMES[ev.aim]}
         self.pulses[pulse_id] = row
         self.store.put("pulses", row)
+
+    def _decision(self, track_id: int) -> str | None:
+        return self.states.get(track_id) or self.recent.get(track_id)
+
+    def _forget_passed_windows(self, camera_time_s: float) -> None:
+        """Drop the windows that closed before ``camera_time_s``: a pulse planned now is at
+        least the travel from the field to the sorter later."""
+        for track_id in [t for t, (_, last) in self._windows.items() if last < camera_time_s]:
+            del self._windows[track_id]
 
     def _record_late(self, ev: Evidence, why: str) -> None:
         self.counts.late += 1

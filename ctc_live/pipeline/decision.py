@@ -157,6 +157,7 @@ COINCIDENT_APART_UM = 6.0
 def plan_pulse(
     fit: LineFit, trusted: bool, camera_time_s: float, exposure_ns: int, sorter: SorterConfig,
     ends: tuple[LineFit, LineFit] | None = None, aim: tuple[int, ...] = (),
+    others: list[tuple[float, float]] | tuple = (),
 ) -> tuple[int, float]:
     """(start in host ns, width in µs) of the pulse that deflects a cell whose track's line
     is ``fit``, last seen in the frame of camera time ``camera_time_s`` exposed at host time
@@ -177,6 +178,16 @@ def plan_pulse(
     for every track hit 0.935 / 0.929 too, but with 0.055 / 0.059 bystanders: the widening
     pays where the line is in doubt, and there only.
 
+    An untrusted line is often further off than its standard error says (a neighbour pulled
+    its centroids, or it was seen in few frames), so its pulse is widened on each side towards
+    ``widen_sigmas`` standard errors (at most ``widen_max_half_um``), up to the nearest of
+    ``others``: the windows (camera time) in which other cells, not CTCs, are predicted to
+    cross. It deflects no known bystander more than the narrower pulse would. Offline (two
+    60 s scenes, 200 fps, the whole decision path, no controller jitter), 2σ / 3 µm →
+    widened to 6σ / 15 µm: recovery 0.865 → 0.903 and 0.906 → 0.945, purity 0.927 → 0.924
+    and 0.949 → 0.939; the same widening regardless of neighbours, 4σ / 8 µm: recovery
+    0.903 / 0.938, purity 0.911 / 0.924.
+
     A blob of two cells (``ends``, crossing more than ``COINCIDENT_APART_UM`` apart) whose
     cells were told apart by their own crops gets its pulse on the line of the end decided
     CTC (``aim``: 0 rear, 1 front; an end's line is never trusted), or, both CTCs, from the
@@ -186,12 +197,14 @@ def plan_pulse(
     """
     distance = sorter.sort_distance_um
     if aim:
-        windows = [_window(ends[end], False, sorter) for end in aim]
-    else:
-        windows = [_window(fit, trusted, sorter)]
-        if (sorter.coincidence == "span"
-                and ends_apart_um(fit, ends, distance) > COINCIDENT_APART_UM):
-            windows += [_window(line, True, sorter) for line in ends]
+        windows = [sorter_window(ends[end], False, sorter) for end in aim]
+    elif (sorter.coincidence == "span"
+            and ends_apart_um(fit, ends, distance) > COINCIDENT_APART_UM):
+        windows = [sorter_window(fit, trusted, sorter)]
+        windows += [sorter_window(line, True, sorter) for line in ends]
+    else:  # a trusted line's widest window is its own
+        own, widest = (sorter_window(fit, trusted, sorter, w) for w in (False, True))
+        windows = [_widened(own, widest, others)]
     first_s, last_s = min(w[0] for w in windows), max(w[1] for w in windows)
     if len(windows) > 1:
         crossing_s = fit.t_at(distance)
@@ -203,11 +216,29 @@ def plan_pulse(
     return int(centre_ns - width_us * 500), width_us
 
 
-def _window(line: LineFit, trusted: bool, sorter: SorterConfig) -> tuple[float, float]:
-    """When (camera time, s) a pulse must start and end for the cell on ``line``."""
+def sorter_window(line: LineFit, trusted: bool, sorter: SorterConfig,
+                  widest: bool = False) -> tuple[float, float]:
+    """When (camera time, s) a pulse must start and end for the cell on ``line``; ``widest``:
+    the most an untrusted line's pulse is widened to (see ``plan_pulse``)."""
     crossing_s = line.t_at(sorter.sort_distance_um)
     half_um = sorter.pulse_margin_us * 1e-6 * line.velocity + sorter.pulse_margin_um
+    sigmas, max_half_um = ((sorter.widen_sigmas, sorter.widen_max_half_um) if widest
+                           else (sorter.pulse_sigmas, sorter.pulse_max_half_um))
     if not trusted:
-        half_um += sorter.pulse_sigmas * line.x_sigma(crossing_s)
-    half_s = min(half_um, sorter.pulse_max_half_um) / line.velocity
+        half_um += sigmas * line.x_sigma(crossing_s)
+    half_s = min(half_um, max_half_um) / line.velocity
     return crossing_s - half_s, crossing_s + half_s
+
+
+def _widened(own: tuple[float, float], widest: tuple[float, float],
+             others: list[tuple[float, float]] | tuple) -> tuple[float, float]:
+    """``own`` window widened towards ``widest`` on each side, up to the nearest of the
+    ``others`` windows on that side (by their middles), never narrower than ``own``."""
+    first, last = widest
+    middle = (own[0] + own[1]) / 2
+    for other_first, other_last in others:
+        if (other_first + other_last) / 2 >= middle:
+            last = min(last, max(other_first, own[1]))
+        else:
+            first = max(first, min(other_last, own[0]))
+    return first, last
