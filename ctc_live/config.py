@@ -308,14 +308,14 @@ class SorterConfig(Section):
         "track too uncertain for it gets this much, not a pulse that deflects its neighbours",
     )
     widen_sigmas: NonNegativeFloat = Field(
-        6.0,
+        4.0,
         description="an untrusted track's pulse is widened further, up to this many standard "
         "errors on each side, wherever no other cell (not decided a CTC) is predicted to "
         "cross: its line is often further off than its standard error says, and a longer "
         "pulse there deflects no known bystander. At least pulse_sigmas; equal: off",
     )
     widen_max_half_um: PositiveFloat = Field(
-        15.0, description="most travel a widened pulse covers on each side of the predicted "
+        8.0, description="most travel a widened pulse covers on each side of the predicted "
         "crossing; at least pulse_max_half_um"
     )
     coincidence: Literal["centroid", "span"] = Field(

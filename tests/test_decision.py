@@ -112,8 +112,8 @@ def test_an_untrusted_pulse_widens_up_to_the_nearest_known_neighbour():
     assert (widest[1] - widest[0]) / um == pytest.approx(2 * sorter.widen_max_half_um)
     # No cell about: as wide as it may be, centred on the crossing.
     assert window([]) == pytest.approx(widest, abs=1e-9)
-    # A cell crossing 8 µm after: the pulse ends where that cell's window starts.
-    after = (own[1] + 5 * um, own[1] + 7 * um)
+    # A cell crossing 6 µm after: the pulse ends where that cell's window starts.
+    after = (own[1] + 2 * um, own[1] + 4 * um)
     assert window([after]) == pytest.approx((widest[0], after[0]), abs=1e-9)
     # Cells before it, the nearest one counts; one whose window overlaps its own leaves the
     # pulse its own window on that side, never shorter.
@@ -138,7 +138,7 @@ def test_widening_below_the_pulse_rule_is_a_config_error():
 @pytest.mark.parametrize(("neighbour", "clipped"), [("wbc", True), ("ctc", False)])
 def test_the_decision_thread_widens_a_pulse_up_to_a_neighbour_not_a_ctc(tmp_path, neighbour,
                                                                        clipped):
-    """Two cells in the field, the second crossing 8 µm after the first; the first is a CTC
+    """Two cells in the field, the second crossing 6 µm after the first; the first is a CTC
     seen in few frames (an untrusted line). Its pulse stops short of a WBC's crossing and
     runs over a CTC's."""
     import time
@@ -164,7 +164,7 @@ def test_the_decision_thread_widens_a_pulse_up_to_a_neighbour_not_a_ctc(tmp_path
     crop = np.zeros((30, 30), np.float32)
     ctc_line = line(n=3, span_s=0.01)
     t0 = ctc_line.t0
-    neighbour_line = LineFit(t0, ctc_line.x0 - 8.0, 5000.0, 12, 1e-3, 0.2)
+    neighbour_line = LineFit(t0, ctc_line.x0 - 6.0, 5000.0, 12, 1e-3, 0.2)
     exposure_ns = time.monotonic_ns()
     scores = {1: 0.99, 2: 0.99 if neighbour == "ctc" else 0.01}
     for k in range(3):
@@ -181,8 +181,18 @@ def test_the_decision_thread_widens_a_pulse_up_to_a_neighbour_not_a_ctc(tmp_path
     last = first + width_us / 1e6
     widest = sorter_window(ctc_line, False, config.sorter, True)
     assert first == pytest.approx(widest[0], abs=1e-8)
-    expected_last = sorter_window(neighbour_line, True, config.sorter)[0] if clipped else widest[1]
+    expected_last = widest[1]
+    if clipped:  # by the neighbour's window (trusted: its widest is its own)
+        expected_last = sorter_window(neighbour_line, True, config.sorter)[0]
+        assert expected_last < widest[1]
     assert last == pytest.approx(expected_last, abs=1e-8)
+    # The windows are kept only until they have passed: a cell seen after both crossed
+    # leaves its own alone.
+    later = line(n=3, span_s=0.01)
+    decider.handle(Observation(3, 9, exposure_ns, exposure_ns, None, 2.0, 10.0, 240.0, 11.0,
+                               5000.0, LineFit(2.0, 10.0, 5000.0, 3, later.stt, 0.2), False,
+                               None, False, None, -1))
+    assert list(decider._windows) == [3]
 
 
 def test_a_span_pulse_covers_both_cells_of_a_blob_of_two():

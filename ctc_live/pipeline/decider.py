@@ -101,8 +101,8 @@ class Decider:
         self.finished: list[FinishedCell] = []
         self.pulses: dict[int, dict] = {}
         self._tracks: dict[int, Evidence] = {}
-        # Every track's window at the sorter (camera time, s) from its latest line, kept until
-        # it has passed: a widened pulse stops short of the non-CTCs' (plan_pulse's others).
+        # Every track's widest window at the sorter (camera time, s) from its latest line, kept
+        # until it has passed: a widened pulse stops short of the non-CTCs' (plan_pulse).
         self._windows: dict[int, tuple[float, float]] = {}
         self._thread = threading.Thread(target=self._run, name="decision", daemon=True)
         self._stop = threading.Event()
@@ -182,8 +182,9 @@ class Decider:
         ev.exposure_ns, ev.x_um, ev.y_um = obs.exposure_ns, obs.x_um, obs.y_um
         ev.velocity_um_s, ev.fit, ev.camera_time_s = obs.velocity_um_s, obs.fit, obs.camera_time_s
         ev.trusted = obs.trusted
-        if obs.fit is not None and obs.fit.velocity > 0:
-            self._windows[obs.track_id] = sorter_window(obs.fit, obs.trusted, self.config.sorter)
+        if obs.fit is not None and obs.fit.velocity > 0:  # widest: its line is as much in doubt
+            self._windows[obs.track_id] = sorter_window(obs.fit, obs.trusted, self.config.sorter,
+                                                        widest=True)
         ev.diameters.append(obs.diameter_um)
         if obs.crop is not None:
             ev.crops += 1
