@@ -6,6 +6,7 @@ Plain functions and one small record, so the rule can be read and tested apart f
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ctc_live.config import SorterConfig
@@ -157,7 +158,7 @@ COINCIDENT_APART_UM = 6.0
 def plan_pulse(
     fit: LineFit, trusted: bool, camera_time_s: float, exposure_ns: int, sorter: SorterConfig,
     ends: tuple[LineFit, LineFit] | None = None, aim: tuple[int, ...] = (),
-    others: list[tuple[float, float]] | tuple = (),
+    others: Sequence[tuple[float, float]] = (),
 ) -> tuple[int, float]:
     """(start in host ns, width in µs) of the pulse that deflects a cell whose track's line
     is ``fit``, last seen in the frame of camera time ``camera_time_s`` exposed at host time
@@ -233,7 +234,7 @@ def sorter_window(line: LineFit, trusted: bool, sorter: SorterConfig,
 
 
 def _widened(own: tuple[float, float], widest: tuple[float, float],
-             others: list[tuple[float, float]] | tuple) -> tuple[float, float]:
+             others: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """``own`` window widened towards ``widest`` on each side, up to the nearest of the
     ``others`` windows on that side (by their middles), never narrower than ``own``."""
     first, last = widest
