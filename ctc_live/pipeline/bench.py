@@ -2,7 +2,10 @@
 drop, and its latencies, on the simulated rig: with the compact model, with the compact model
 while the dashboard window (offscreen) watches the run, and with the ResNet-50. Also the
 default run with the camera as the rig has it: frames that cost the host nothing to make
-(pre-rendered, looped), where the simulator's renderer otherwise takes ~half a core."""
+(pre-rendered, looped), where the simulator's renderer otherwise takes ~half a core.
+
+`ctc-live bench widening`: the simulator's recovery and purity with the widened pulse (see
+``decision.plan_pulse``) against the narrow one, on three scenes, each pair run back to back."""
 
 from __future__ import annotations
 
@@ -131,4 +134,32 @@ def bench_pipeline(options: BenchOptions) -> list[Figure]:
     resnet = untrained_classifier("resnet50", "int8")
     figures += compact + watched + sustained(options.config_file, seconds, resnet,
                                             label="resnet50 int8")
+    return figures
+
+
+# Scenes the widening is compared on, each run twice side by side (the README's targets table).
+WIDENING_SEEDS = (0, 1, 2)
+
+
+@benchmark("widening", help="recovery and purity with untrusted pulses widened up to other "
+           "cells' windows, against the narrow pulse, side by side on the same scenes")
+def bench_widening(options: BenchOptions) -> list[Figure]:
+    seconds = 5.0 if options.quick else 60.0
+    figures = []
+    for seed in WIDENING_SEEDS[:1] if options.quick else WIDENING_SEEDS:
+        widened = load_config(options.config_file, {"simulation.seed": seed})
+        sorter = widened.sorter
+        narrow = load_config(options.config_file, {
+            "simulation.seed": seed, "sorter.widen_sigmas": sorter.pulse_sigmas,
+            "sorter.widen_max_half_um": sorter.pulse_max_half_um,
+        })
+        base, new = run_once(narrow, seconds), run_once(widened, seconds)
+        for name, value in (
+            ("recovery", lambda s: s["truth"]["recovery"] or 0.0),
+            ("purity", lambda s: s["truth"]["purity"] or 0.0),
+            ("frames dropped", lambda s: sum(s["frames"]["dropped"].values())),
+        ):
+            figures.append(Figure(f"seed {seed}, {seconds:.0f} s: {name}", value(new),
+                                  "frames" if name == "frames dropped" else "fraction",
+                                  baseline=value(base), baseline_name="narrow pulse"))
     return figures
