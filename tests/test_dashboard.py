@@ -19,7 +19,7 @@ from ctc_live.dashboard import app as dashboard_app
 from ctc_live.dashboard.app import check_qt_binding
 from ctc_live.dashboard.history import RateHistory
 from ctc_live.dashboard.image import STATE_COLOURS, auto_levels
-from ctc_live.dashboard.panels import format_offset, log_ticks
+from ctc_live.dashboard.panels import LATENCY_STAGES, format_offset, log_ticks
 from ctc_live.dashboard.remote import PipeSource
 from ctc_live.dashboard.scene_source import SceneSource
 from ctc_live.pipeline.snapshot import Arm, SaveFrame, SetRecording, SetThreshold, Start, Stop
@@ -106,7 +106,7 @@ def test_overlays_follow_the_next_frame(window, source):
 def test_latency_and_sorter_panels(window, source):
     snap = window.refresh()
     e2e = snap.latency["end_to_end"]
-    row = 3  # end-to-end
+    row = LATENCY_STAGES.index("end_to_end")
     assert window.latency.table.item(row, 0).text() == f"{e2e.p50_ms:.2f}"
     assert window.latency.table.item(row, 3).text() == f"{e2e.deadline_misses:,}"
     assert f"{e2e.deadline_misses:,} of {e2e.count:,}" in window.latency.misses.text()

@@ -25,8 +25,8 @@ SUMMARY_KEYS = [
     "frames.produced", "frames.processed", "frames.dropped", "frames.unaccounted", "fps",
     "cells.total", "cells.ctc", "cells.wbc", "cells.uncertain", "pulses.sent", "pulses.done",
     "pulses.missed", "pulses.lost", "decisions.late",
-    *[f"latency_ms.{s}.{q}" for s in ("segmentation", "classification", "decision", "end_to_end")
-      for q in ("p50", "p99")],
+    *[f"latency_ms.{s}.{q}" for s in ("acquisition", "segmentation", "classification", "decision",
+                                         "end_to_end") for q in ("p50", "p99")],
     "truth.cells", "truth.detection_recall", "truth.cell_accuracy", "truth.recovery",
     "truth.purity", "truth.pulse_error_us_p99",
 ]
@@ -68,6 +68,10 @@ def test_short_simulated_run_end_to_end(tmp_path):
     assert truth["cell_accuracy"] > 0.85
     assert summary["pulses"]["sent"] > 5
     assert summary["latency_ms"]["pulse"]["count"] == summary["pulses"]["sent"]
+    # The camera's share of every processed frame's latency: from its exposure to its pop.
+    latency = summary["latency_ms"]
+    assert latency["acquisition"]["count"] == frames["processed"]
+    assert 0 < latency["acquisition"]["p50"] <= latency["acquisition"]["max"]
     assert summary["pulses"]["lost"] == 0
     assert truth["recovery"] > 0.5
     # The run store holds the same cells and pulses.

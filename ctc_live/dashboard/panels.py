@@ -14,7 +14,9 @@ from ctc_live.pipeline.snapshot import Snapshot, SorterView
 from ctc_live.pipeline.stats import LATENCY_BINS_MS
 
 RED, GREEN, ORANGE, GREY = "#d62828", "#1f9d3a", "#e07b00", "#777777"
-LATENCY_STAGES = ("segmentation", "classification", "decision", "end_to_end", "pulse")
+LATENCY_STAGES = (
+    "acquisition", "segmentation", "classification", "decision", "end_to_end", "pulse"
+)
 
 
 def _css(rgb: tuple[int, int, int]) -> str:

@@ -269,6 +269,7 @@ class Pipeline:
 
     def latencies(self) -> dict[str, LatencyHistogram]:
         return {
+            "acquisition": self.segmentation.acquisition_latency,
             "segmentation": self.segmentation.latency,
             **self.decider.latency,
         }

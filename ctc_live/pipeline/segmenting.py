@@ -252,6 +252,10 @@ class SegmentationStage:
         self.crops_dropped = 0
         self.detections = 0
         self.latency = LatencyHistogram()  # popped from the camera → segmented and tracked
+        # Exposure start → popped from the camera, of the frames this stage processed: a
+        # camera that delivers late (a simulated one on a busy host) shows here, not as
+        # segmentation.
+        self.acquisition_latency = LatencyHistogram()
         self.latest: tuple = (None, ())  # (Frame, tuple[CellView]) for views
         self.first_frame = None
         self.error: str | None = None
@@ -402,6 +406,7 @@ class SegmentationStage:
         if any(states.get(track_id, "pending") == "pending" for track_id in going):
             self.classifier.flush()
         self.detections += len(result.detections)
+        self.acquisition_latency.add(frame.popped_ns - frame.exposure_ns)
         self.latency.add(segmented_ns - frame.popped_ns)
         self.latest = (frame, tuple(views))
         self.processed.total += 1
