@@ -50,7 +50,7 @@ def sim_config(**overrides):
     return load_config(None, overrides=base | overrides)
 
 
-def test_short_simulated_run_end_to_end(tmp_path):
+def test_short_simulated_run_end_to_end(tmp_path, capsys):
     pipeline = Pipeline(sim_config(), tmp_path).start()
     pipeline.wait(4.0)
     snap = pipeline.snapshot()
@@ -91,6 +91,11 @@ def test_short_simulated_run_end_to_end(tmp_path):
     memory = summary["memory_mb"]
     assert 50 < memory["first"] <= memory["max"] and memory["last"] <= memory["max"]
     assert [f["rss_mb"] for f in data["frames"] if f["rss_mb"]][-1] == memory["last"]
+    # The report shows where the latency went, stage by stage.
+    capsys.readouterr()
+    assert main(["report", str(tmp_path)]) == 0
+    camera = summary["latency_ms"]["acquisition"]
+    assert f"acquisition {camera['p50']:.1f} / {camera['p99']:.1f}" in capsys.readouterr().out
 
 
 class SlowClassifier:

@@ -58,6 +58,10 @@ def _percentiles(values: list[float]) -> dict | None:
     return {"p50": at(50), "p99": at(99), "count": len(values)}
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def report_command(args: argparse.Namespace) -> int:
     report = summarise_store(args.run_dir)
     if report["status"] == "running":
@@ -82,6 +86,10 @@ def report_command(args: argparse.Namespace) -> int:
     print(f"  pulses: {report['pulses'] or 'none'}{coincident}")
     if report["latency_ms_end_to_end"]:
         print(f"  end-to-end latency ms: {report['latency_ms_end_to_end']}")
+    if "summary" in report:  # the stages' histograms are kept only in the finished summary
+        print("  latency ms by stage (p50 / p99): " + ", ".join(
+            f"{stage} {_ms(h['p50'])} / {_ms(h['p99'])}"
+            for stage, h in report["summary"]["latency_ms"].items()))
     if report["memory_mb"]:
         m = report["memory_mb"]
         print(f"  memory MB (resident, once a second): first {m['first']:.0f}, "
