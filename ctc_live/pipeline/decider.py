@@ -287,7 +287,7 @@ class Decider:
             self._record_late(ev, "no velocity estimate")
             return
         others = [window for track_id, window in self._windows.items()
-                  if track_id != ev.track_id and self._decision(track_id) != "ctc"]
+                  if track_id != ev.track_id and self.decision(track_id) != "ctc"]
         target_ns, width_us = plan_pulse(ev.fit, ev.trusted, ev.camera_time_s, ev.exposure_ns,
                                          sorter_cfg, ev.ends, ev.aim, others)
         lead_ms = (target_ns - time.monotonic_ns()) / 1e6
@@ -317,7 +317,9 @@ class Decider:
         self.pulses[pulse_id] = row
         self.store.put("pulses", row)
 
-    def _decision(self, track_id: int) -> str | None:
+    def decision(self, track_id: int) -> str | None:
+        """pending | ctc | wbc | uncertain for a track still open or recently finished; None
+        for one not seen yet (or long gone). Read without locks by other threads."""
         return self.states.get(track_id) or self.recent.get(track_id)
 
     def _forget_passed_windows(self, camera_time_s: float) -> None:

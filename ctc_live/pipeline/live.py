@@ -277,11 +277,10 @@ class Pipeline:
     def snapshot(self) -> Snapshot:
         now = time.monotonic_ns()
         frame, views = self.segmentation.latest
-        states, recent = self.decider.states, self.decider.recent
         scores = self.decider.current_p
         cells = tuple(
             CellView(v.track_id, v.x_px, v.y_px, v.bbox,
-                     states.get(v.track_id) or recent.get(v.track_id, "pending"),
+                     self.decider.decision(v.track_id) or "pending",
                      scores.get(v.track_id))
             for v in views
         )

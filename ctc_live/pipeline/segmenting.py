@@ -417,16 +417,16 @@ class SegmentationStage:
     def _release_held(self) -> list[Observation]:
         """Held crops the decision thread now needs; those of decided tracks are dropped."""
         release = []
-        states, finished = self.decider.states, self.decider.recent
         for track_id in list(self._held):
-            state = states.get(track_id) or finished.get(track_id)
+            state = self.decider.decision(track_id)
             if state is None:  # the decision thread has not seen the track yet
                 continue
             if state != "pending":
                 del self._held[track_id]
             elif self._wants_all(track_id):
                 release += self._held.pop(track_id)
-        self._needs_all = {t for t in self._needs_all if t in self._crops or t in states}
+        self._needs_all = {t for t in self._needs_all
+                           if t in self._crops or t in self.decider.states}
         return release
 
     def _submit(self, crops: list[tuple[Observation | EndCrop, np.ndarray]]) -> None:
