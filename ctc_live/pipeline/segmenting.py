@@ -251,7 +251,7 @@ class SegmentationStage:
         self.processed = RateMeter()
         self.crops_dropped = 0
         self.detections = 0
-        self.latency = LatencyHistogram()  # popped from the camera → segmented and tracked
+        self.latency = LatencyHistogram()  # popped from the camera → segmented (before tracking)
         # Exposure start → popped from the camera, of the frames this stage processed: a
         # camera that delivers late (a simulated one on a busy host) shows here, not as
         # segmentation.
