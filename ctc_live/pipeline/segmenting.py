@@ -32,7 +32,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,9 +60,10 @@ def flow_model(config: Config) -> FlowModel:
     )
 
 
-@dataclass(slots=True)
-class Detection:
-    """One cell in one frame, linked to its track (analysis process → stage)."""
+class Detection(NamedTuple):
+    """One cell in one frame, linked to its track (analysis process → stage). Named tuples
+    here pickle in C: as slots dataclasses, sending a frame's result and reading it back
+    cost ~0.3 ms, half of it in the pipeline's process."""
 
     track_id: int
     x_um: float  # on the track's fitted line
@@ -84,8 +85,7 @@ class Detection:
     end_crops: tuple[np.ndarray, np.ndarray] | None
 
 
-@dataclass(slots=True)
-class FrameResult:
+class FrameResult(NamedTuple):
     number: int
     segmented_ns: int
     detections: list[Detection]

@@ -208,14 +208,12 @@ class CropNormaliser:
         design = np.stack([np.ones_like(xx), xx, yy], axis=1).astype(np.float64)
         self._fit = np.linalg.pinv(design).astype(np.float32)  # least-squares plane
         gy, gx = np.mgrid[0:size, 0:size].astype(np.float32)
-        self._gx, self._gy = gx, gy
+        self._plane = np.stack([np.ones_like(gx), gx, gy]).reshape(3, -1)  # 1, x, y per pixel
 
     def __call__(self, image: np.ndarray, cx: float, cy: float) -> np.ndarray:
         crop = self.cut(image, cx, cy)
-        c0, c1, c2 = self._fit @ crop.ravel().take(self._border)
-        crop -= c0
-        crop -= c1 * self._gx
-        crop -= c2 * self._gy
+        flat = crop.reshape(-1)
+        flat -= (self._fit @ flat.take(self._border)) @ self._plane
         std = float(cv2.meanStdDev(crop)[1][0, 0])
         if std > 0:
             crop *= 1.0 / std

@@ -6,6 +6,7 @@ import collections
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,13 +46,14 @@ TRUSTED_MAX_UNRELIABLE = 1
 ENDS_MIN_POINTS = 4
 
 
-@dataclass(frozen=True, slots=True)
-class LineFit:
+class LineFit(NamedTuple):
     """x = x0 + velocity · (t − t0), fitted by least squares to a track's observations.
 
     ``x_sigma(t)`` is the standard error of the line's position at time t: small inside the
     observed stretch, growing with the distance from it. The trigger extrapolates over a
-    millimetre, so this, not the centroid noise, sets how wide a pulse must be.
+    millimetre, so this, not the centroid noise, sets how wide a pulse must be. A named tuple:
+    every detection's line crosses from the segmentation process, and a tuple pickles in C
+    (a slots dataclass pickled through Python, 5 µs a line each way).
     """
 
     t0: float  # mean time of the fitted observations
