@@ -25,8 +25,9 @@ SUMMARY_KEYS = [
     "frames.produced", "frames.processed", "frames.dropped", "frames.unaccounted", "fps",
     "cells.total", "cells.ctc", "cells.wbc", "cells.uncertain", "pulses.sent", "pulses.done",
     "pulses.missed", "pulses.lost", "decisions.late",
-    *[f"latency_ms.{s}.{q}" for s in ("acquisition", "segmentation", "classification", "decision",
-                                         "end_to_end") for q in ("p50", "p99")],
+    *[f"latency_ms.{s}.{q}" for s in ("acquisition", "frame_queue", "segmentation",
+                                         "classification", "decision", "end_to_end")
+      for q in ("p50", "p99")],
     "truth.cells", "truth.detection_recall", "truth.cell_accuracy", "truth.recovery",
     "truth.purity", "truth.pulse_error_us_p99",
 ]
@@ -72,6 +73,10 @@ def test_short_simulated_run_end_to_end(tmp_path, capsys):
     latency = summary["latency_ms"]
     assert latency["acquisition"]["count"] == frames["processed"]
     assert 0 < latency["acquisition"]["p50"] <= latency["acquisition"]["max"]
+    # The wait in the ring is the first part of every frame's segmentation latency.
+    queue, segmentation = latency["frame_queue"], latency["segmentation"]
+    assert queue["count"] == segmentation["count"] == frames["processed"]
+    assert all(queue[q] <= segmentation[q] for q in ("p50", "p99", "max"))
     assert summary["pulses"]["lost"] == 0
     assert truth["recovery"] > 0.5
     # The run store holds the same cells and pulses.
@@ -119,7 +124,9 @@ def test_slow_classifier_drops_crops_with_a_count_not_a_stall(tmp_path):
     assert time.monotonic() - started < 10  # drained, not stalled
     assert summary["crops"]["dropped"] > 0
     assert summary["frames"]["unaccounted"] == 0
-    assert sum(summary["frames"]["dropped"].values()) == 0  # the camera never waited
+    # The camera never waited for the classifier: had it, most frames would be lost (crops
+    # come ten times faster than this classifier takes them); a busy host may cost a few.
+    assert sum(summary["frames"]["dropped"].values()) <= 0.01 * summary["frames"]["produced"]
     assert summary["cells"]["total"] > 0
 
 

@@ -15,7 +15,8 @@ from ctc_live.pipeline.stats import LATENCY_BINS_MS
 
 RED, GREEN, ORANGE, GREY = "#d62828", "#1f9d3a", "#e07b00", "#777777"
 LATENCY_STAGES = (
-    "acquisition", "segmentation", "classification", "decision", "end_to_end", "pulse"
+    "acquisition", "frame_queue", "segmentation", "classification", "decision", "end_to_end",
+    "pulse",
 )
 
 

@@ -35,8 +35,8 @@ from ctc_live.simulation import FlowScene
 
 PENDING_FRACTION = 0.25  # cells are shown pending until they are this far into the field
 STATE_OF_KIND = {"ctc": "ctc", "wbc": "wbc", "debris": "uncertain"}
-SYNTHETIC_LATENCY_MS = {"acquisition": 1.0, "segmentation": 2.0, "classification": 4.0,
-                        "decision": 0.05, "end_to_end": 8.0, "pulse": 6.0}
+SYNTHETIC_LATENCY_MS = {"acquisition": 1.0, "frame_queue": 0.3, "segmentation": 2.0,
+                        "classification": 4.0, "decision": 0.05, "end_to_end": 8.0, "pulse": 6.0}
 
 
 def _latency(

@@ -66,7 +66,7 @@ def without_renderer(config_file, seconds: float, with_renderer: dict) -> list[F
         figures.append(Figure(f"{label}: {name}", value(summary), "count",
                               baseline=value(with_renderer), baseline_name="rendered live"))
     # acquisition: how late the simulated camera delivers when the renderer shares the cores
-    for stage in ("acquisition", "segmentation", "pulse", "end_to_end"):
+    for stage in ("acquisition", "frame_queue", "segmentation", "pulse", "end_to_end"):
         for q in ("p50", "p99"):
             figures.append(Figure(
                 f"{label}: {stage} latency {q}",

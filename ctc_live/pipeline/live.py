@@ -270,6 +270,7 @@ class Pipeline:
     def latencies(self) -> dict[str, LatencyHistogram]:
         return {
             "acquisition": self.segmentation.acquisition_latency,
+            "frame_queue": self.segmentation.queue_latency,
             "segmentation": self.segmentation.latency,
             **self.decider.latency,
         }

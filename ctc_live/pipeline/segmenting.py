@@ -87,6 +87,7 @@ class Detection(NamedTuple):
 
 class FrameResult(NamedTuple):
     number: int
+    taken_ns: int  # when the analysis began: the frame's wait in the ring ends
     segmented_ns: int
     detections: list[Detection]
     ended: list[tuple[int, int]]  # (track id, frame of its last detection)
@@ -123,6 +124,7 @@ class FrameAnalyser:
         self._end_crops: dict[int, int] = {}
 
     def process(self, image: np.ndarray, number: int, camera_time_ms: float) -> FrameResult:
+        taken_ns = time.monotonic_ns()
         cells = self.segmenter.process(image, number)
         segmented_ns = time.monotonic_ns()
         # Time along the camera's own clock: the same recording tracks the same at any speed.
@@ -169,7 +171,7 @@ class FrameAnalyser:
         for track in update.ended:
             self._crops.pop(track.id, None)
             self._end_crops.pop(track.id, None)
-        return FrameResult(number, segmented_ns, detections,
+        return FrameResult(number, taken_ns, segmented_ns, detections,
                            [(track.id, number) for track in update.ended])
 
     def _blob_extents(self, cells, bx: np.ndarray, bw: np.ndarray, bh: np.ndarray) -> np.ndarray:
@@ -252,6 +254,9 @@ class SegmentationStage:
         self.crops_dropped = 0
         self.detections = 0
         self.latency = LatencyHistogram()  # popped from the camera → segmented (before tracking)
+        # Its first part, popped → taken by the analysis process: the wait in the ring. Where
+        # `segmentation` has a tail, this tells queueing (the process behind) from slow frames.
+        self.queue_latency = LatencyHistogram()
         # Exposure start → popped from the camera, of the frames this stage processed: a
         # camera that delivers late (a simulated one on a busy host) shows here, not as
         # segmentation.
@@ -407,6 +412,7 @@ class SegmentationStage:
             self.classifier.flush()
         self.detections += len(result.detections)
         self.acquisition_latency.add(frame.popped_ns - frame.exposure_ns)
+        self.queue_latency.add(result.taken_ns - frame.popped_ns)
         self.latency.add(segmented_ns - frame.popped_ns)
         self.latest = (frame, tuple(views))
         self.processed.total += 1
