@@ -139,7 +139,8 @@ class Acquisition(threading.Thread):
     def _poll_delay(self) -> float:
         """How long to sleep before looking again: until the next frame's exposure can have
         ended, since none arrives sooner, and at least ``poll_s``. A wake-up costs ~50 µs of
-        CPU here, and polling every ``poll_s`` throughout, most found nothing."""
+        CPU on the shared 2-core machine; polling every ``poll_s`` throughout, most of them
+        found nothing."""
         if not self.fps or self._last_exposure_ns is None:
             return self.poll_s
         due_ns = self._last_exposure_ns + 1e9 / self.fps + self._exposure_ns
