@@ -411,13 +411,21 @@ def test_segment_cli_reference_method_and_bad_pixel_size(tmp_path, capsys):
 
 
 def test_background_start_median_is_numpys_median():
-    from ctc_live.segmentation.flow import _median_of
+    from ctc_live.segmentation.flow import _median_in_place, _sorting_network
 
     rng = np.random.default_rng(0)
     for n in (1, 2, 5, 15, 16):  # odd and even counts: even averages the middle two
         frames = [(rng.random((30, 40)) * 4000).astype(np.float32) for _ in range(n)]
         expected = np.median(np.stack(frames), axis=0).astype(np.float32)
-        assert np.array_equal(_median_of(frames), expected)
+        assert np.array_equal(_median_in_place(frames), expected)
+    # The network sorts whatever comes: every 0/1 input of up to 12 values (0/1 principle).
+    for n in range(1, 13):
+        for bits in range(2**n):
+            values = [(bits >> i) & 1 for i in range(n)]
+            for a, b in _sorting_network(n):
+                if values[a] > values[b]:
+                    values[a], values[b] = values[b], values[a]
+            assert values == sorted(values)
 
 
 def test_the_edge_threshold_follows_the_noise_smoothly():

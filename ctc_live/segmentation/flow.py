@@ -56,7 +56,7 @@ class RunningMedianBackground:
         if self.model is None:
             self._start.append(image.astype(np.float32))
             if len(self._start) >= self.start_frames:
-                self.model = _median_of(self._start)
+                self.model = _median_in_place(self._start)
                 self._start.clear()
                 self.sigma = self._noise_sigma(image.astype(np.float32) - self.model)
                 self.level = float(np.mean(self.model[::4, ::4]))
@@ -79,17 +79,39 @@ class RunningMedianBackground:
         return max(1.4826 * float(np.median(np.abs(sample - median))), 0.5)
 
 
-def _median_of(frames: list[np.ndarray]) -> np.ndarray:
-    """Pixel-wise median of float32 frames, as np.median gives it, in a quarter of its time
-    (the partition runs along contiguous memory): 90 ms at the start of every run stalled
-    segmentation long enough for the first cells' pulses to come too late."""
-    n = len(frames)
-    stack = np.stack(frames).reshape(n, -1).T.copy()
-    hi = n // 2
-    part = np.partition(stack, hi, axis=1)  # one kth: a list of two costs three times more
-    upper = part[:, hi]
-    lower = upper if n % 2 else part[:, :hi].max(axis=1)
-    return ((lower + upper) / 2).reshape(frames[0].shape).astype(np.float32)
+def _median_in_place(frames: list[np.ndarray]) -> np.ndarray:
+    """Pixel-wise median of float32 frames, as np.median gives it; the frames are sorted
+    pixel by pixel in place.
+
+    A sorting network of whole-frame minima and maxima (59 pairs for 15 frames): 4 ms for 15
+    frames of the channel, against 20 ms for a partition along contiguous memory and 80 ms
+    for np.median. The partition's copies of the stack were fresh memory in the new
+    segmentation process, where it took 40-120 ms: the ring's backlog from it took half a
+    second to clear and gave every cell decided meanwhile a latency of 100 ms or more."""
+    spare = np.empty_like(frames[0])
+    for a, b in _sorting_network(len(frames)):
+        cv2.min(frames[a], frames[b], dst=spare)
+        cv2.max(frames[a], frames[b], dst=frames[b])
+        frames[a], spare = spare, frames[a]
+    hi = len(frames) // 2
+    return frames[hi] if len(frames) % 2 else (frames[hi - 1] + frames[hi]) / 2
+
+
+def _sorting_network(n: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort for ``n`` inputs: the pairs (a, b), a < b, to put in
+    order, one after the other, that sort any ``n`` values."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
 
 
 class FlowSegmenter:
