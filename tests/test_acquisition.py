@@ -86,6 +86,22 @@ def test_2000_frames_at_200_fps_every_frame_accounted_for():
     stream_and_check(2000)
 
 
+def test_the_thread_sleeps_until_the_next_frame_is_due_and_never_longer_than_a_frame():
+    camera = open_camera(sim_config(), loop_frames=8)
+    try:
+        acq = Acquisition(camera, queue.Queue(), poll_s=0.001)
+        assert acq._poll_delay() == 0.001  # no frame yet: poll
+        acq.fps, acq._last_exposure_ns = 200.0, time.monotonic_ns()
+        # The next exposure starts 5 ms after the last one and lasts 0.1 ms (the default).
+        assert 0.004 < acq._poll_delay() <= 0.0051
+        acq._last_exposure_ns -= 20_000_000  # behind: the next frame is overdue
+        assert acq._poll_delay() == 0.001
+        acq._last_exposure_ns += 10**9  # stamps ahead of the host's clock
+        assert acq._poll_delay() == pytest.approx(0.0051)
+    finally:
+        camera.close()
+
+
 def test_slow_consumer_gives_counted_drops_not_a_stall():
     # Pre-rendered frames: the camera's own cost stays small on a busy test machine.
     camera = open_camera(sim_config(), loop_frames=8)

@@ -143,8 +143,11 @@ class Acquisition(threading.Thread):
         found nothing."""
         if not self.fps or self._last_exposure_ns is None:
             return self.poll_s
-        due_ns = self._last_exposure_ns + 1e9 / self.fps + self._exposure_ns
-        return max(self.poll_s, (due_ns - time.monotonic_ns()) / 1e9)
+        frame_s = 1 / self.fps + self._exposure_ns / 1e9  # last exposure's start → next's end
+        due_ns = self._last_exposure_ns + frame_s * 1e9
+        # At most that: a camera whose stamps ran ahead of the host's clock must not put the
+        # thread to sleep for longer.
+        return min(max(self.poll_s, (due_ns - time.monotonic_ns()) / 1e9), frame_s)
 
     def _drain(self) -> None:
         while self.camera.core.getRemainingImageCount() > 0 and self._pop():
