@@ -91,9 +91,13 @@ def test_the_thread_sleeps_until_the_next_frame_is_due_and_never_longer_than_a_f
     try:
         acq = Acquisition(camera, queue.Queue(), poll_s=0.001)
         assert acq._poll_delay() == 0.001  # no frame yet: poll
-        acq.fps, acq._last_exposure_ns = 200.0, time.monotonic_ns()
         # The next exposure starts 5 ms after the last one and lasts 0.1 ms (the default).
-        assert 0.004 < acq._poll_delay() <= 0.0051
+        before = time.monotonic_ns()
+        acq.fps, acq._last_exposure_ns = 200.0, before - 2_000_000
+        delay = acq._poll_delay()
+        due_ns = before - 2_000_000 + 5_100_000
+        after = time.monotonic_ns()
+        assert max(0.001, (due_ns - after) / 1e9) <= delay <= (due_ns - before) / 1e9
         acq._last_exposure_ns -= 20_000_000  # behind: the next frame is overdue
         assert acq._poll_delay() == 0.001
         acq._last_exposure_ns += 10**9  # stamps ahead of the host's clock
