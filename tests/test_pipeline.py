@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from ctc_live.acquisition import open_camera
 from ctc_live.classification import load_classifier
 from ctc_live.cli import main
 from ctc_live.cli.report import summarise_store
@@ -117,16 +118,18 @@ class SlowClassifier:
 def test_slow_classifier_drops_crops_with_a_count_not_a_stall(tmp_path):
     config = sim_config(**{"classifier.max_batch": 2, "pipeline.crop_queue": 16})
     inner = load_classifier(config.classifier.model, "cpu")
-    pipeline = Pipeline(config, tmp_path, classifier=SlowClassifier(inner)).start()
+    # Pre-rendered frames (400, more than the run takes): the simulator's renderer would
+    # otherwise compete for the cores of a busy test machine and skip frames of its own.
+    camera = open_camera(config, loop_frames=400)
+    pipeline = Pipeline(config, tmp_path, camera=camera,
+                        classifier=SlowClassifier(inner)).start()
     pipeline.wait(3.0)
     started = time.monotonic()
     summary = pipeline.stop()
     assert time.monotonic() - started < 10  # drained, not stalled
     assert summary["crops"]["dropped"] > 0
     assert summary["frames"]["unaccounted"] == 0
-    # The camera never waited for the classifier: had it, most frames would be lost (crops
-    # come ten times faster than this classifier takes them); a busy host may cost a few.
-    assert sum(summary["frames"]["dropped"].values()) <= 0.01 * summary["frames"]["produced"]
+    assert sum(summary["frames"]["dropped"].values()) == 0  # the camera never waited
     assert summary["cells"]["total"] > 0
 
 
