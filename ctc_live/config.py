@@ -321,7 +321,7 @@ class SorterConfig(Section):
     coincidence: Literal["centroid", "span"] = Field(
         "centroid",
         description="the pulse for a CTC whose blob holds two cells overlapping in the image "
-        "(its front and rear cells' lines part on the way to the sorter) not told apart by "
+        "(the two cells' lines part on the way to the sorter) not told apart by "
         "each cell's own crops (those that are get a pulse on the CTC): 'centroid' aims at "
         "the blob's centroid, between the two cells, and often misses both (purity first); "
         "'span' covers both cells and deflects the other one too (recovery first). "

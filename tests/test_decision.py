@@ -241,13 +241,35 @@ def test_a_pulse_aimed_at_one_cell_of_a_blob_of_two():
             first, last = window((end,))
             assert (first + last) / 2 == pytest.approx(crossing[end], abs=1e-9)
             assert not first < crossing[1 - end] < last  # its companion is not deflected
-            # An end's line is never trusted: widened by its standard error.
+            # An end's line is never trusted: widened by its standard error, here (no cell
+            # near) to the widest an untrusted pulse may be.
             assert (last - first) * 5000 == pytest.approx(2 * min(
                 sorter.pulse_margin_us * 1e-6 * 5000 + sorter.pulse_margin_um
-                + sorter.pulse_sigmas * (rear, front)[end].x_sigma(crossing[end] + 1.0),
-                sorter.pulse_max_half_um), rel=0.03)
+                + sorter.widen_sigmas * (rear, front)[end].x_sigma(crossing[end] + 1.0),
+                sorter.widen_max_half_um), rel=0.03)
         first, last = window((0, 1))
         assert first < min(crossing.values()) and max(crossing.values()) < last
+
+
+def test_an_aimed_pulse_widens_up_to_its_companion_and_no_further():
+    from ctc_live.pipeline.decision import sorter_window
+
+    sorter = SorterConfig(min_pulse_us=1)
+    um = 1 / 5000  # s of travel per µm
+    ctc = line(n=4, span_s=0.015)  # seen as a pair in few frames: microns of error
+    companion = line(n=4, span_s=0.015, velocity=1200 / (1200 / 5000 + 12 * um))  # 12 µm on
+    own, widest = (sorter_window(ctc, False, sorter, w) for w in (False, True))
+    beside = sorter_window(companion, False, sorter, True)
+    assert (widest[1] - widest[0]) / um == pytest.approx(2 * sorter.widen_max_half_um)
+    assert own[1] < beside[0] < widest[1]
+    start_ns, width_us = plan_pulse(line(), True, 1.0, 10**9, sorter, (ctc, companion), (0,))
+    first, last = start_ns / 1e9, start_ns / 1e9 + width_us / 1e6
+    assert (first, last) == pytest.approx((widest[0], beside[0]), abs=1e-9)
+    # A cell known to cross just before it stops the widening on that side too.
+    before = (own[0] - 3 * um, own[0] - 2 * um)
+    start_ns, width_us = plan_pulse(line(), True, 1.0, 10**9, sorter, (ctc, companion), (0,),
+                                    [before])
+    assert start_ns / 1e9 == pytest.approx(before[1], abs=1e-9)
 
 
 def test_a_blob_of_two_cells_is_decided_on_each_cells_crops_when_it_leaves():

@@ -161,6 +161,7 @@ def test_replay_gives_the_same_decisions_at_any_speed(tmp_path, capsys):
         summary = json.loads((out / "summary.json").read_text())
         assert summary["frames"]["processed"] == 400  # nothing dropped: the test is fair
         assert summary["crops"]["dropped"] == 0
+        assert summary["cells"]["evidence_timeouts"] == 0  # every score waited for
         runs.append(sorted(
             (c["first_frame"], c["track_id"], c["decision"], c["p_ctc"] or -1.0)
             for c in read_run(out)["cells"]

@@ -190,26 +190,43 @@ def test_unknown_method_and_colour_arrays_are_refused():
 # ----- crops -------------------------------------------------------------------------------
 
 
-def test_a_blob_longer_than_high_gets_a_crop_of_each_end_cell():
+def test_a_blob_of_two_cells_gets_their_centres_and_a_crop_on_each_in_any_orientation():
     """Two cells overlapping in the image make one blob: its own crop mixes them, a crop on
-    each end shows mostly one. A round blob has none."""
+    each cell shows mostly one. Cells one behind the other or one above the other alike; a
+    round blob has none."""
     image = noisy_background()
-    bright_field_cell(image, 300, 240, 11, 600, seed=1)  # 6 µm apart: one blob
-    bright_field_cell(image, 312, 241, 11, 600, seed=2)
-    bright_field_cell(image, 150, 240, 11, 600, seed=3)
+    pairs = [((300, 240), (312, 241)),  # 6 µm apart along the flow: one blob
+             ((450, 150), (452, 162)),  # one above the other
+             ((150, 330), (159, 339))]  # diagonal
+    for k, pair in enumerate(pairs):
+        for j, (x, y) in enumerate(pair):
+            bright_field_cell(image, x, y, 11, 600, seed=2 * k + j)
+    bright_field_cell(image, 150, 240, 11, 600, seed=9)
     image = image.astype(np.uint16)
     _, cells = segment_image(image, SegmentationConfig(), PX)
-    single, pair = sorted(cells, key=lambda c: c.bbox[2])
-    assert single.end_crops() is None
-    rear, front = pair.end_crops()
+    assert len(cells) == 4
+    single = min(cells, key=lambda c: c.area_px)
+    assert single.end_crops() is None and not single.may_be_two_cells
     crops = CropNormaliser(30)
-    at_rear, at_front = crops(image, 300, 240), crops(image, 312, 241)
 
     def similarity(a, b):
         return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
-    assert similarity(rear, at_rear) > 0.95 and similarity(rear, at_front) < 0.6
-    assert similarity(front, at_front) > 0.7 and similarity(front, at_rear) < 0.5
+    for (first, second) in pairs:
+        cell = min(cells, key=lambda c: np.hypot(c.x_px - (first[0] + second[0]) / 2,
+                                                 c.y_px - (first[1] + second[1]) / 2))
+        assert cell.may_be_two_cells
+        ends = np.reshape(cell.ends_px, (2, 2))
+        assert ends[0, 0] <= ends[1, 0]  # the rear cell first
+        if abs(ends[0, 1] - first[1]) > abs(ends[1, 1] - first[1]):
+            ends = ends[::-1]  # one above the other: either may come first
+        assert np.abs(ends - [first, second]).max() <= 1.5  # px
+        a, b = cell.end_crops()
+        if not np.allclose(cell.ends_px[:2], ends[0]):
+            a, b = b, a
+        at_first, at_second = crops(image, *first), crops(image, *second)
+        assert similarity(a, at_first) > 0.9 > similarity(a, at_second)
+        assert similarity(b, at_second) > 0.9 > similarity(b, at_first)
 
 
 def test_crop_normalisation_removes_gain_offset_and_background_gradient():

@@ -218,24 +218,36 @@ def test_a_line_is_trusted_with_enough_reliable_points_and_no_touching_neighbour
     assert not track(touching=(4,)).trusted  # once touched, the slope may hide the pull
 
 
-def test_a_blob_of_two_cells_has_a_line_for_each():
-    def track(v_rear, v_front, height=12.0, n=12):
+def test_a_blob_of_two_cells_has_a_line_for_each_cell_whatever_their_orientation():
+    def track(cells, n=12, off=None):
+        """Cells (x at t = 0, y, velocity) sharing one blob; ``off``: a frame where the
+        pair's centres are 6 µm off (a third cell joined the blob)."""
         t = Track(1)
         for i in range(n):
             ts = i / FPS
-            rear, front = 20.0 + v_rear * ts - 6.0, 25.0 + v_front * ts + 6.0
-            t.add(i, ts, (rear + front) / 2, 120.0, extent=(rear, front, height))
+            (xa, ya), (xb, yb) = ((x0 + v * ts, y) for x0, y, v in cells)
+            if i == off:
+                xa, xb = xa + 6.0, xb + 6.0
+            pair = (xa, ya, xb, yb) if xa <= xb else (xb, yb, xa, ya)  # rear cell first
+            t.add(i, ts, (xa + xb) / 2, (ya + yb) / 2, pair=pair)
         return t
 
-    one = track(5000.0, 5000.0, height=17.0)  # wider than high: one cell's blob, elongated
-    rear, front = one.ends
-    assert rear.velocity == pytest.approx(front.velocity)
-    assert front.x_at(1.0) - rear.x_at(1.0) == pytest.approx(5.0 + 12.0 - 17.0)
-    two = track(5000.0, 5200.0)  # the front cell is faster: the blob grows
-    rear, front = two.ends
+    behind = track([(20.0, 120.0, 5000.0), (25.0, 121.0, 5200.0)])  # the front cell faster
+    rear, front = behind.ends
     assert (rear.velocity, front.velocity) == (pytest.approx(5000.0), pytest.approx(5200.0))
     assert rear.x_at(0.0) == pytest.approx(20.0) and front.x_at(0.0) == pytest.approx(25.0)
-    assert track(5000.0, 5200.0, n=ENDS_MIN_POINTS - 1).ends is None
+    # One above the other, the lower one faster: it overtakes the upper one in the third
+    # frame, and each line stays with its cell (in the order of the first frame).
+    overtaking = track([(22.0, 114.0, 5000.0), (18.0, 126.0, 5300.0)])
+    lower, upper = overtaking.ends
+    assert (lower.velocity, upper.velocity) == (pytest.approx(5300.0), pytest.approx(5000.0))
+    assert lower.x_at(0.0) == pytest.approx(18.0) and upper.x_at(0.0) == pytest.approx(22.0)
+    assert overtaking.ends_swapped  # the segmentation's rear cell is now the upper one
+    # A frame off the pair's lines is left out of them.
+    rear, front = track([(20.0, 120.0, 5000.0), (25.0, 121.0, 5200.0)], off=6).ends
+    assert (rear.velocity, front.velocity) == (pytest.approx(5000.0), pytest.approx(5200.0))
+    assert track([(20.0, 120.0, 5000.0), (25.0, 121.0, 5200.0)],
+                 n=ENDS_MIN_POINTS - 1).ends is None
 
 
 def test_detections_touching_as_circles():

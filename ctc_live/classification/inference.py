@@ -181,8 +181,11 @@ class BatchClassifier:
 
     def __init__(self, classifier: Classifier, max_batch: int = 64, max_wait_ms: float = 2.0,
                  queue_size: int = 1024, threads: int = 1,
-                 results: queue.Queue | None = None, nice: int = 0):
+                 results: queue.Queue | None = None, nice: int = 0, lossless: bool = False):
         self.classifier = classifier
+        # Lossless (a replay at full speed): ``submit`` waits for room instead of dropping,
+        # which holds the stream back to the classifier's pace.
+        self.lossless = lossless
         self.threads = threads
         self.nice = nice
         self.max_batch = max_batch
@@ -218,7 +221,7 @@ class BatchClassifier:
 
     def submit(self, key: Hashable, crop: np.ndarray) -> bool:
         try:
-            self.inbox.put_nowait((key, crop, time.monotonic_ns()))
+            self.inbox.put((key, crop, time.monotonic_ns()), block=self.lossless)
             return True
         except queue.Full:
             self.stats.dropped_in += 1

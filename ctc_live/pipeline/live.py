@@ -120,7 +120,8 @@ class Pipeline:
         # The first inference loads torch's kernels (up to seconds): not while frames wait.
         size = config.segmentation.crop_size
         classifier.predict(np.zeros((1, size, size), np.float32))
-        self.decider = Decider(config, self.store, keep_finished=simulated)
+        self.decider = Decider(config, self.store, keep_finished=simulated,
+                               lossless=self.camera.lossless)
         if config.sorter.enabled and self.camera.kind != "replay":
             from ctc_live.sorting import open_sorter
 
@@ -135,6 +136,7 @@ class Pipeline:
             threads=config.classifier.threads,
             results=self.decider.inbox,
             nice=config.classifier.nice,
+            lossless=self.camera.lossless,
         )
         self.segmentation = SegmentationStage(
             config,

@@ -30,7 +30,7 @@ class Observation:
     velocity_um_s: float
     fit: LineFit | None  # the track's fitted line so far
     trusted: bool  # the line is good enough for a pulse on the margins alone (Track.trusted)
-    ends: tuple[LineFit, LineFit] | None  # the blob's rear and front cell lines (Track.ends)
+    ends: tuple[LineFit, LineFit] | None  # the lines of the blob's two cells (Track.ends)
     leaving: bool  # the cell will be out of the field by the next frame
     crop: np.ndarray | None  # queued for scoring; None when not (edge, track has enough)
     crop_index: int  # k for the track's k-th crop queued for scoring, -1 without a crop
@@ -40,8 +40,8 @@ class Observation:
 
 @dataclass(slots=True)
 class EndCrop:
-    """Segmentation → classifier → decision: the key of one crop of a pair cut at a blob's
-    rear (end 0) and front (end 1) cells (CellRecord.end_crops)."""
+    """Segmentation → classifier → decision: the key of one crop of a pair cut on a blob's
+    two cells (CellRecord.end_crops), end 0 and 1 in the order of Track.ends."""
 
     track_id: int
     index: int  # the pair's, as Observation.end_index

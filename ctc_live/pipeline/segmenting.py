@@ -72,7 +72,7 @@ class Detection(NamedTuple):
     velocity_um_s: float  # fitted, or the flow profile's before two observations
     fit: LineFit | None  # the track's line: the trigger extrapolates it to the sorter
     trusted: bool  # the line needs no widening by its standard error (Track.trusted)
-    # The blob's rear and front cell lines (Track.ends), on the leaving detection only: the
+    # The lines of the blob's two cells (Track.ends), on the leaving detection only: the
     # trigger fires on it, and they cost 6 µs a detection.
     ends: tuple[LineFit, LineFit] | None
     leaving: bool  # the cell will be out of the field by the next frame
@@ -80,8 +80,8 @@ class Detection(NamedTuple):
     y_px: float
     bbox: tuple[int, int, int, int]  # x, y, width, height in px
     crop: np.ndarray | None  # inside the frame and among the track's first crops
-    # Crops of the blob's rear and front cells, for a blob longer than high (CellRecord.end_crops),
-    # inside the frame and among the track's first such pairs.
+    # Crops of the blob's two cells, for a blob that may hold two (CellRecord.end_crops), in the
+    # order of Track.ends, inside the frame and among the track's first such pairs.
     end_crops: tuple[np.ndarray, np.ndarray] | None
 
 
@@ -144,7 +144,7 @@ class FrameAnalyser:
         diameters = np.fromiter((c.diameter_um for c in cells), float, len(cells))
         update = self.tracker.update(number, t_s, x, y, reliable=reliable, boxes=boxes,
                                      touching=touching(x, y, diameters),
-                                     extents=self._blob_extents(cells, bx, bw, bh))
+                                     pairs=self._pairs(cells))
         flow = self.tracker.flow
         detections = []
         for cell, track_id in zip(cells, update.track_ids.tolist()):
@@ -162,6 +162,8 @@ class FrameAnalyser:
                 end_crops = cell.end_crops()
                 if end_crops is not None:
                     self._end_crops[track_id] = ends_sent + 1
+                    if track.ends_swapped:  # in the order of the track's end lines
+                        end_crops = end_crops[::-1]
             leaving = x_um + velocity * self.frame_interval_s > self.leave_at_um
             detections.append(Detection(
                 track_id, x_um, cell.y_um, cell.diameter_um, velocity, track.fit, track.trusted,
@@ -174,16 +176,16 @@ class FrameAnalyser:
         return FrameResult(number, taken_ns, segmented_ns, detections,
                            [(track.id, number) for track in update.ended])
 
-    def _blob_extents(self, cells, bx: np.ndarray, bw: np.ndarray, bh: np.ndarray) -> np.ndarray:
-        """Per blob: its rear and front ends along x and its height (µm, between pixel
-        centres, as the centroids are); NaN for blobs cut by the frame's edge, and for blobs
-        too round to hold two cells: a track whose cell was merged with a passing neighbour
-        for a few frames had those ends' lines bent by the frames before and after."""
-        extents = np.stack([bx, bx + bw - 1, bh - 1], axis=1) * self.pixel_size_um
-        left_out = np.fromiter((c.touches_edge or not c.may_be_two_cells for c in cells), bool,
-                               len(cells))
-        extents[left_out] = np.nan
-        return extents
+    def _pairs(self, cells) -> np.ndarray:
+        """Per blob: the centres of the two cells it may hold (x, y, x, y µm); NaN for blobs
+        cut by the frame's edge, and for blobs too round to hold two cells: a track whose cell
+        was merged with a passing neighbour for a few frames had its end lines bent by the
+        frames before and after."""
+        pairs = np.full((len(cells), 4), np.nan)
+        for i, cell in enumerate(cells):
+            if cell.ends_px is not None and not cell.touches_edge:
+                pairs[i] = cell.ends_px
+        return pairs * self.pixel_size_um
 
     def finish(self) -> list[tuple[int, int]]:
         """End every track (the stream stopped)."""
@@ -367,11 +369,14 @@ class SegmentationStage:
         states = self.decider.states
         for d in result.detections:
             # A decided cell needs no more evidence: its crops would only load the classifier.
-            pending = states.get(d.track_id, "pending") == "pending"
+            # A CTC's blob may still turn out to hold two cells: its pulse then aims at the
+            # one its own crops call a CTC (Decider._fire_when_seen_out).
+            state = states.get(d.track_id, "pending")
+            pending = state == "pending"
             crop_index = self._crops.get(d.track_id, 0)
             scored = d.crop is not None and pending
             end_index = -1
-            if d.end_crops is not None and pending:
+            if d.end_crops is not None and (pending or state == "ctc"):
                 end_index = self._end_pairs.get(d.track_id, 0)
                 self._end_pairs[d.track_id] = end_index + 1
                 end_crops += [(EndCrop(d.track_id, end_index, end, frame.exposure_ns), crop)

@@ -39,8 +39,10 @@ class CellRecord:
     # The crop, or how to cut it: cut on first use, since the live stage scores only the
     # crops of cells still undecided (cutting every one cost a tenth of its frame time).
     _crop: np.ndarray | Callable[[], np.ndarray] = field(repr=False)
-    # Crops of the cells at the blob's rear and front ends, for a blob longer than high (see
-    # ``end_crops``); None for a round one.
+    # Centres (x, y, x, y px, rear cell first) of the two cells a blob may hold (see
+    # ``pair_centres``); None for a round blob.
+    ends_px: tuple[float, float, float, float] | None = None
+    # Crops on those centres (``end_crops``).
     _end_crops: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(
         default=None, repr=False)
 
@@ -53,14 +55,12 @@ class CellRecord:
 
     @property
     def may_be_two_cells(self) -> bool:
-        """Longer than high by ``TWO_CELLS_MIN_EXCESS_UM``: maybe two cells, one behind the
-        other."""
-        return self._end_crops is not None
+        """Longer than wide by ``TWO_CELLS_MIN_EXCESS_UM``, in any direction: maybe two
+        cells."""
+        return self.ends_px is not None
 
     def end_crops(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Crops centred on the cells at the rear and front ends of a blob longer than high by
-        ``TWO_CELLS_MIN_EXCESS_UM`` (``may_be_two_cells``; each end in by half the blob's
-        height), else None.
+        """Crops centred on the two cells a blob may hold (``ends_px``), else None.
 
         Two cells that overlap in the image for their whole crossing make one blob; the crop
         on its outline mixes them, but one on each end shows mostly one cell. On the
@@ -232,18 +232,36 @@ class CropNormaliser:
         return image[np.ix_(ys, xs)].astype(np.float32)
 
 
-# A blob this much longer (along the flow) than high may hold two cells, one behind the other
-# (one cell's outline varies by a pixel or two either way). Offline, the whole decision path on
-# two 60 s scenes, with end lines then fitted over every frame: recovery 0.872 / 0.902 at 2 µm
-# against 0.872 / 0.896 at 3 µm, purity 0.925 / 0.936 against 0.918 / 0.939.
+# A blob this much longer than wide may hold two cells (one cell's outline varies by a pixel or
+# two either way). Offline, the whole decision path on two 60 s scenes, with end lines then
+# fitted over every frame (blobs along the flow only): recovery 0.872 / 0.902 at 2 µm against
+# 0.872 / 0.896 at 3 µm, purity 0.925 / 0.936 against 0.918 / 0.939.
 TWO_CELLS_MIN_EXCESS_UM = 2.0
 
 
-def _end_crops(crops: CropNormaliser, source: np.ndarray, bbox: tuple[int, int, int, int],
-               cy: float) -> tuple[np.ndarray, np.ndarray]:
-    x, _, w, h = bbox
-    inset = (h - 1) / 2  # in pixel centres, as the centroids are
-    return crops(source, x + inset, cy), crops(source, x + w - 1 - inset, cy)
+def pair_centres(contour: np.ndarray, min_excess_px: float
+                 ) -> tuple[float, float, float, float] | None:
+    """Centres (x, y, x, y px; rear cell first) of the two cells a blob may hold, whatever
+    their orientation; None for a blob less than ``min_excess_px`` longer than wide.
+
+    Two overlapping cells of about one size make a blob whose smallest enclosing rectangle
+    lies along the line through their centres, one cell wide and their distance longer: each
+    centre is half a width in from an end. Cells one above the other (across the flow) move at
+    different speeds and part on the way to the sorter; the centroid's line runs between
+    them."""
+    (cx, cy), (w, h), angle = cv2.minAreaRect(contour)
+    if abs(w - h) < min_excess_px:
+        return None
+    a = math.radians(angle)
+    ux, uy = (math.cos(a), math.sin(a)) if w >= h else (-math.sin(a), math.cos(a))
+    half = abs(w - h) / 2
+    ends = (cx - half * ux, cy - half * uy, cx + half * ux, cy + half * uy)
+    return ends if ends[0] <= ends[2] else ends[2:] + ends[:2]
+
+
+def _end_crops(crops: CropNormaliser, source: np.ndarray,
+               ends: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    return crops(source, ends[0], ends[1]), crops(source, ends[2], ends[3])
 
 
 def touches_edge(bbox: tuple[int, int, int, int], frame_shape: tuple[int, int]) -> bool:
@@ -289,8 +307,8 @@ def records_from_shapes(
             labels[y : y + bh, x : x + bw][inside] = 0
             continue
         cx, cy = shape.cx, shape.cy
-        long = (bw - bh) * pixel_size_um >= TWO_CELLS_MIN_EXCESS_UM
-        end_crops = partial(_end_crops, crops, crop_source, shape.bbox, cy) if long else None
+        ends = pair_centres(shape.contour, TWO_CELLS_MIN_EXCESS_UM / pixel_size_um)
+        end_crops = None if ends is None else partial(_end_crops, crops, crop_source, ends)
         if contrast is not None:
             m = cv2.moments(np.abs(contrast[y : y + bh, x : x + bw]) * inside)
             if m["m00"] > 0:
@@ -312,6 +330,7 @@ def records_from_shapes(
                 touches_edge=touches_edge(shape.bbox, image.shape),
                 single_cell=rules.is_single(shape, area),
                 _crop=partial(crops, crop_source, shape.cx, shape.cy),
+                ends_px=ends,
                 _end_crops=end_crops,
             )
         )

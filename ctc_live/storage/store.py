@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS pulses (
     error_us REAL,                 -- actual - target
     apart_um REAL,                 -- the blob's two cell lines this far apart at the sorter
     aim TEXT                       -- a blob of two cells told apart: rear | front | both
+                                   -- (as the two were first seen)
 );
 CREATE TABLE IF NOT EXISTS events (
     t_ns INTEGER,

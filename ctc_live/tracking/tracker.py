@@ -41,9 +41,14 @@ SCATTER_LEARNING_RATE = 0.02
 TRUSTED_MIN_POINTS = 8
 TRUSTED_MAX_UNRELIABLE = 1
 
-# The lines of a blob's front and rear cell centres (see ``Track.ends``) are fitted once the
-# blob was seen whole, and long enough to hold two cells, in this many frames.
+# The lines of the two cell centres of a blob (see ``Track.ends``) are fitted once the blob
+# was seen whole, and long enough to hold two cells, in this many frames.
 ENDS_MIN_POINTS = 4
+# A pair's cell centres scatter more than a single cell's centroid (the rectangle's sides move
+# by whole pixels, and two cells are rarely of one size): 0.46 µm median, 1.5 µm 90th
+# percentile off the true centres along x (simulator, 886 blobs of two cells).
+ENDS_SIGMA_UM = 1.0
+ENDS_MAX_RESIDUAL_UM = 3.0
 
 
 class LineFit(NamedTuple):
@@ -128,9 +133,11 @@ class Track:
     fit: LineFit | None = None  # to the last reliable observations; None until two
     _reliable: list[int] = field(default_factory=list)  # indices of reliable observations
     _window: _Window | None = None  # what ``fit`` is fitted to
-    _rear: _Window | None = None  # the blob's rear and front ends along x (``ends``)
-    _front: _Window | None = None
-    _heights: list[float] = field(default_factory=list)  # the blob's, where it was whole
+    # The x of the blob's two cells (``ends``), and the y each was last seen at.
+    _ends: tuple[_Window, _Window] | None = None
+    _ends_y: tuple[float, float] = (0.0, 0.0)
+    # Whether this observation's two cells came in the other order than the track's (``add``).
+    ends_swapped: bool = False
 
     @property
     def n(self) -> int:
@@ -139,12 +146,12 @@ class Track:
     def add(
         self, frame: int, t_s: float, x_um: float, y_um: float, reliable: bool = True,
         prior_sigma_um: float = CENTROID_SIGMA_UM, touching: bool = False,
-        extent: tuple[float, float, float] | None = None,
+        pair: tuple[float, float, float, float] | None = None,
     ) -> None:
         """Append an observation. Unreliable ones (a cell cut by the frame edge, whose
         centroid is pulled inwards, or merged with a neighbour) are linked but fitted only
-        while nothing better exists. ``extent``: the blob's rear and front ends along x and
-        its height (µm), when the blob is whole in the frame."""
+        while nothing better exists. ``pair``: the centres (x, y, x, y µm) of the two cells
+        the blob may hold, when it is whole in the frame (``ends``)."""
         self.t_s.append(t_s)
         self.x_um.append(x_um)
         self.y_um.append(y_um)
@@ -164,27 +171,41 @@ class Track:
             self._window.push(t_s, x_um)
         # None until the window holds two points (the first observation alone).
         self.fit = self._window.line(prior_sigma_um)
-        if extent is not None:
-            rear, front, height = extent
-            if self._rear is None:
-                self._rear, self._front = _Window(t_s, rear), _Window(t_s, front)
-            self._rear.push(t_s, rear)
-            self._front.push(t_s, front)
-            self._heights.append(height)
+        self.ends_swapped = pair is not None and self._add_pair(t_s, *pair)
+
+    def _add_pair(self, t_s: float, xa: float, ya: float, xb: float, yb: float) -> bool:
+        """Fit the two cells' x, each to its own line; True where they came swapped.
+
+        A cell's identity is kept by the direction between the two: the new pair is taken in
+        the order whose direction agrees with the one predicted from the lines. Any motion
+        common to both cells cancels out of that comparison; what is left is the pair's
+        rotation, slow in laminar flow (cells one above the other overtake at a few hundred
+        µm/s, a few degrees a frame)."""
+        if self._ends is None:
+            self._ends = (_Window(t_s, xa), _Window(t_s, xb))
+            swapped = False
+        else:
+            pa, pb = (_predict(w, t_s) for w in self._ends)
+            swapped = (xa - xb) * (pa - pb) + (ya - yb) * (self._ends_y[0] - self._ends_y[1]) < 0
+            if swapped:
+                xa, ya, xb, yb = xb, yb, xa, ya
+        self._ends[0].push(t_s, xa)
+        self._ends[1].push(t_s, xb)
+        self._ends_y = (ya, yb)
+        return swapped
 
     @property
     def ends(self) -> tuple[LineFit, LineFit] | None:
-        """Lines of the rear and front cell centres of the track's blob: its ends' lines, in
-        by half its median height (one cell's diameter), fitted to the frames where the blob
-        was long enough to hold two cells (``update``'s extents). For two cells overlapping
-        in the image (one blob for the whole crossing, 11% of CTCs at 100 cells/s on the
-        simulator) they are the two cells' lines, which part on the way to the sorter, where
-        the centroid's line, between them, misses both. For one cell there are none: its
-        blob is round."""
-        if self._rear is None or len(self._heights) < ENDS_MIN_POINTS:
+        """Lines of the two cell centres of the track's blob, fitted to the frames where the
+        blob was long enough to hold two (``update``'s pairs), in the order of its first such
+        frame (rear cell first). For two cells overlapping in the image (one blob for the
+        whole crossing, 11% of CTCs at 100 cells/s on the simulator) they are the two cells'
+        lines, which part on the way to the sorter, where the centroid's line, between them,
+        misses both. For one cell there are none (its blob is round), or two that cross the
+        sorter together."""
+        if self._ends is None or len(self._ends[0].points) < ENDS_MIN_POINTS:
             return None
-        half = sorted(self._heights)[len(self._heights) // 2] / 2
-        return self._rear.line(CENTROID_SIGMA_UM, half), self._front.line(CENTROID_SIGMA_UM, -half)
+        return _robust_line(self._ends[0]), _robust_line(self._ends[1])
 
     @property
     def reliable_fit(self) -> bool:
@@ -209,6 +230,34 @@ class Track:
 
     def mean_y(self) -> float:
         return float(np.mean(self.y_um))
+
+
+def _robust_line(window: _Window) -> LineFit:
+    """The window's line, refitted without its worst point while that is off the line by more
+    than ``ENDS_MAX_RESIDUAL_UM`` (a frame where a third cell joined the blob, or where the
+    frame's edge cut it) and ``ENDS_MIN_POINTS`` would remain: one point at a time, since a
+    bad point pulls the line towards itself and makes good ones look off."""
+    points = list(window.points)
+    while True:
+        line = _line_through(window.t0, window.x0, points)
+        residuals = [abs(window.x0 + b - line.x_at(window.t0 + a)) for a, b in points]
+        worst = max(range(len(points)), key=residuals.__getitem__)
+        if residuals[worst] <= ENDS_MAX_RESIDUAL_UM or len(points) <= ENDS_MIN_POINTS:
+            return line
+        del points[worst]
+
+
+def _line_through(t0: float, x0: float, points: list[tuple[float, float]]) -> LineFit:
+    window = _Window(t0, x0)
+    for a, b in points:
+        window.push(t0 + a, x0 + b)
+    return window.line(ENDS_SIGMA_UM)
+
+
+def _predict(window: _Window, t_s: float) -> float:
+    """x at ``t_s`` on the window's line; its last x while it holds one point."""
+    line = window.line(CENTROID_SIGMA_UM)
+    return window.x0 + window.points[-1][1] if line is None else line.x_at(t_s)
 
 
 def _inside_any(boxes: np.ndarray, x: float, y: float) -> bool:
@@ -250,7 +299,7 @@ class Tracker:
         reliable: np.ndarray | None = None,
         boxes: np.ndarray | None = None,
         touching: np.ndarray | None = None,
-        extents: np.ndarray | None = None,
+        pairs: np.ndarray | None = None,
     ) -> TrackerUpdate:
         """Link this frame's detections (positions in µm) to the active tracks;
         ``reliable[i]`` False marks a position not to fit velocities on (cut by the edge, or
@@ -259,9 +308,9 @@ class Tracker:
         hidden in that blob (two cells touching segment as one) and coasts along its fitted
         line for up to ``max_hidden_frames`` instead of ending; the cell is one track
         again when the blob splits. ``touching[i]`` True marks a detection touching another
-        one: its track is no longer ``trusted``. ``extents`` (N, 3: rear and front ends along x,
-        height, µm; NaN where the blob is cut by the frame's edge or cannot hold two cells):
-        see ``Track.ends``."""
+        one: its track is no longer ``trusted``. ``pairs`` (N, 4: the centres x, y, x, y of the
+        two cells a blob may hold, µm; NaN where it is cut by the frame's edge or too round to
+        hold two): see ``Track.ends``."""
         tracks = list(self.active.values())
         track_of = self._assign(tracks, t_s, x_um, y_um)
         ids = np.zeros(len(x_um), dtype=np.int64)
@@ -275,12 +324,12 @@ class Tracker:
                 new.append(track)
             else:
                 matched.add(track.id)
-            extent = None
-            if extents is not None and not math.isnan(extents[i, 0]):
-                extent = tuple(extents[i].tolist())
+            pair = None
+            if pairs is not None and not math.isnan(pairs[i, 0]):
+                pair = tuple(pairs[i].tolist())
             track.add(frame, t_s, float(x_um[i]), float(y_um[i]),
                       True if reliable is None else bool(reliable[i]), self.centroid_sigma_um,
-                      False if touching is None else bool(touching[i]), extent)
+                      False if touching is None else bool(touching[i]), pair)
             ids[i] = track.id
         ended = []
         for track in tracks:
