@@ -324,6 +324,26 @@ def test_flow_segmenter_on_the_simulated_rig():
     assert run.score.recall > 0.85, run.score
 
 
+def test_flow_segmenter_gives_two_cell_centres_in_frame_coordinates():
+    """The flow path segments the channel's rows only; a blob's two cell centres are moved
+    into the frame with its centroid and box."""
+    from ctc_live.simulation.scene import FlowScene
+
+    config = Config()
+    scene, segmenter = FlowScene(config), FlowSegmenter(config)
+    assert segmenter.rows.start > 0
+    pairs = 0
+    for number in range(80):
+        for cell in segmenter.process(scene.render(number / config.camera.fps), number):
+            if cell.ends_px is None:
+                continue
+            pairs += 1
+            x, y, w, h = cell.bbox
+            for cx, cy in np.reshape(cell.ends_px, (2, 2)):
+                assert x <= cx <= x + w and y <= cy <= y + h
+    assert pairs > 3
+
+
 def test_flow_segmenter_refuses_frames_smaller_than_the_channel():
     segmenter = FlowSegmenter(Config())
     with pytest.raises(ValueError, match="shorter than the channel"):

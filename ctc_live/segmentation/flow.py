@@ -171,4 +171,7 @@ class FlowSegmenter:
                 cell.y_um = cell.y_px * self.pixel_size_um
                 x, y, w, h = cell.bbox
                 cell.bbox = (x, y + top, w, h)
+                if cell.ends_px is not None:
+                    xa, ya, xb, yb = cell.ends_px
+                    cell.ends_px = (xa, ya + top, xb, yb + top)
         return cells
