@@ -1,6 +1,7 @@
 """The per-cell decision rule and the pulse plan, apart from threads."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -329,6 +330,58 @@ def test_the_decision_thread_decides_a_blob_of_two_on_its_cells(tmp_path, ends_v
     (cell,) = read_run(tmp_path)["cells"]
     assert cell["decision"] == decision
     assert cell["p_ctc"] == pytest.approx(p_ctc, abs=0.01)
+
+
+def test_a_ctc_decided_early_whose_blob_holds_two_aims_at_the_cell_its_crops_name(tmp_path):
+    """Decided CTC on its blob's first crops; as it leaves, its cells' lines part: the pulse
+    waits for the cells' own crops, even when they come back after the track ended (the
+    track must not be forgotten meanwhile, or its pulse is never sent), and aims at the cell
+    they call a CTC."""
+    from ctc_live.classification.inference import Classified
+    from ctc_live.config import Config
+    from ctc_live.pipeline.decider import Decider
+    from ctc_live.pipeline.messages import EndCrop, Observation, TrackEnded
+    from ctc_live.storage.store import RunStore, read_run
+
+    class Sorter:
+        def __init__(self):
+            self.pulses = []
+
+        def fire(self, target_ns, width_us):
+            self.pulses.append((target_ns, width_us))
+            return len(self.pulses)
+
+    store, sorter = RunStore(tmp_path / "run.sqlite").start(), Sorter()
+    decider = Decider(Config(), store, sorter)
+    crop = np.zeros((30, 30), np.float32)
+    ends = (line(velocity=4900.0), line(velocity=5100.0))  # 48 µm apart at the sorter
+    now = time.monotonic_ns()
+
+    def observe(k, **kw):
+        values = dict(crop=None, crop_index=-1, ends=None, leaving=False, end_index=-1) | kw
+        return Observation(7, k, now, now, None, 1.0, 100.0 + 50 * k, 240.0, 11.0, 5000.0,
+                           line(), False, values["ends"], values["leaving"], values["crop"],
+                           values["crop_index"], end_index=values["end_index"])
+
+    for k in range(3):
+        decider.handle(observation := observe(k, crop=crop, crop_index=k))
+        decider.handle(Classified(observation, 0.99, 0, 0, 1))
+    assert decider.states[7] == "ctc"
+    decider.handle(observe(3, end_index=0))
+    decider.handle(observe(4, end_index=1, ends=ends, leaving=True))
+    decider.handle(TrackEnded(7, 4, now, now))
+    assert sorter.pulses == []  # waiting for the cells' own scores
+    for index in range(2):
+        for end, p in ((0, 0.02), (1, 0.98)):
+            decider.handle(Classified(EndCrop(7, index, end, now), p, 0, 0, 1))
+    store.close()
+    ((start_ns, width_us),) = sorter.pulses
+    centre_s = (start_ns - now) / 1e9 + 1.0 + width_us / 2e6  # camera time
+    assert centre_s == pytest.approx(ends[1].t_at(1500), abs=1e-7)
+    (pulse,) = read_run(tmp_path)["pulses"]
+    assert pulse["aim"] == "front"
+    (cell,) = read_run(tmp_path)["cells"]
+    assert cell["decision"] == "ctc"
 
 
 def test_pulse_width_is_clamped_to_the_safety_limits():

@@ -229,7 +229,8 @@ class Decider:
             if classify(first, self.threshold, tracking.uncertain_margin) == "uncertain":
                 self.inconclusive.add(ev.track_id)
         self._fire_when_seen_out(ev)
-        if ev.ended and (decided or ev.n_obs < tracking.min_track_length):
+        # A CTC whose pulse waits for its cells' own scores stays until they come back.
+        if ev.ended and not ev.fire_pending and (decided or ev.n_obs < tracking.min_track_length):
             self._finish(ev)
 
     def _fire_when_seen_out(self, ev: Evidence, timed_out: bool = False) -> None:
