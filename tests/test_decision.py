@@ -357,11 +357,9 @@ def test_a_ctc_decided_early_whose_blob_holds_two_aims_at_the_cell_its_crops_nam
     ends = (line(velocity=4900.0), line(velocity=5100.0))  # 48 µm apart at the sorter
     now = time.monotonic_ns()
 
-    def observe(k, **kw):
-        values = dict(crop=None, crop_index=-1, ends=None, leaving=False, end_index=-1) | kw
+    def observe(k, crop=None, crop_index=-1, ends=None, leaving=False, end_index=-1):
         return Observation(7, k, now, now, None, 1.0, 100.0 + 50 * k, 240.0, 11.0, 5000.0,
-                           line(), False, values["ends"], values["leaving"], values["crop"],
-                           values["crop_index"], end_index=values["end_index"])
+                           line(), False, ends, leaving, crop, crop_index, end_index=end_index)
 
     for k in range(3):
         decider.handle(observation := observe(k, crop=crop, crop_index=k))
