@@ -11,6 +11,17 @@ from ctc_live.pipeline.decision import Evidence, classify, combine, plan_pulse
 from ctc_live.tracking import LineFit
 
 
+class RecordingSorter:
+    """The sorter driver's ``fire``, recording the pulses it is given."""
+
+    def __init__(self):
+        self.pulses = []
+
+    def fire(self, target_ns, width_us):
+        self.pulses.append((target_ns, width_us))
+        return len(self.pulses)
+
+
 def test_combine_is_mean_log_odds():
     assert combine([0.9]) == pytest.approx(0.9)
     # Two opposite crops of equal confidence cancel; more agreeing crops do not sharpen.
@@ -142,8 +153,6 @@ def test_the_decision_thread_widens_a_pulse_up_to_a_neighbour_not_a_ctc(tmp_path
     """Two cells in the field, the second crossing 6 µm after the first; the first is a CTC
     seen in few frames (an untrusted line). Its pulse stops short of a WBC's crossing and
     runs over a CTC's."""
-    import time
-
     from ctc_live.classification.inference import Classified
     from ctc_live.config import Config
     from ctc_live.pipeline.decider import Decider
@@ -151,16 +160,8 @@ def test_the_decision_thread_widens_a_pulse_up_to_a_neighbour_not_a_ctc(tmp_path
     from ctc_live.pipeline.messages import Observation
     from ctc_live.storage.store import RunStore
 
-    class Sorter:
-        def __init__(self):
-            self.pulses = []
-
-        def fire(self, target_ns, width_us):
-            self.pulses.append((target_ns, width_us))
-            return len(self.pulses)
-
     config = Config()
-    store, sorter = RunStore(tmp_path / "run.sqlite").start(), Sorter()
+    store, sorter = RunStore(tmp_path / "run.sqlite").start(), RecordingSorter()
     decider = Decider(config, store, sorter)
     crop = np.zeros((30, 30), np.float32)
     ctc_line = line(n=3, span_s=0.01)
@@ -343,15 +344,7 @@ def test_a_ctc_decided_early_whose_blob_holds_two_aims_at_the_cell_its_crops_nam
     from ctc_live.pipeline.messages import EndCrop, Observation, TrackEnded
     from ctc_live.storage.store import RunStore, read_run
 
-    class Sorter:
-        def __init__(self):
-            self.pulses = []
-
-        def fire(self, target_ns, width_us):
-            self.pulses.append((target_ns, width_us))
-            return len(self.pulses)
-
-    store, sorter = RunStore(tmp_path / "run.sqlite").start(), Sorter()
+    store, sorter = RunStore(tmp_path / "run.sqlite").start(), RecordingSorter()
     decider = Decider(Config(), store, sorter)
     crop = np.zeros((30, 30), np.float32)
     ends = (line(velocity=4900.0), line(velocity=5100.0))  # 48 µm apart at the sorter
