@@ -269,6 +269,28 @@ def test_batch_classifier_counts_drops_when_full(tmp_path):
     assert stage.stats.dropped_in == 2
 
 
+def test_a_lossless_batch_classifier_holds_the_submitter_back_while_it_runs(tmp_path):
+    """Lossless (a replay at full speed): a full queue makes ``submit`` wait for room
+    instead of dropping, and every crop is scored; once the classifier has stopped, a full
+    queue drops again rather than hold the stream for ever."""
+    import queue
+
+    _, path = _compact_model(tmp_path)
+    stage = BatchClassifier(load_classifier(path, device="cpu"), max_batch=2, queue_size=2,
+                            results=queue.Queue(), lossless=True).start()
+    crop = np.zeros((30, 30), np.float32)
+    try:
+        accepted = [stage.submit(i, crop) for i in range(20)]
+        keys = []
+        while len(keys) < 20:
+            keys += [r.key for r in stage.results.get(timeout=5)]
+    finally:
+        stage.stop()
+    assert all(accepted) and sorted(keys) == list(range(20)) and stage.stats.dropped_in == 0
+    assert [stage.submit(i, crop) for i in range(3)] == [True, True, False]
+    assert stage.stats.dropped_in == 1
+
+
 def _lone_crop_stage(tmp_path, max_wait_ms: float) -> BatchClassifier:
     _, path = _compact_model(tmp_path)
     return BatchClassifier(load_classifier(path, device="cpu"), max_batch=64,

@@ -220,12 +220,17 @@ class BatchClassifier:
         self._wake.set()
 
     def submit(self, key: Hashable, crop: np.ndarray) -> bool:
-        try:
-            self.inbox.put((key, crop, time.monotonic_ns()), block=self.lossless)
-            return True
-        except queue.Full:
-            self.stats.dropped_in += 1
-            return False
+        item = (key, crop, time.monotonic_ns())
+        while True:
+            try:
+                self.inbox.put(item, block=self.lossless, timeout=0.1)
+                return True
+            except queue.Full:
+                # Lossless waits for room only while this thread can make it: a stopped or
+                # failed classifier would otherwise hold the stream for ever.
+                if not (self.lossless and self._thread.is_alive() and not self._stop.is_set()):
+                    self.stats.dropped_in += 1
+                    return False
 
     def _run(self) -> None:
         if self.nice:
