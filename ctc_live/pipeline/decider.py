@@ -245,13 +245,12 @@ class Decider:
         if not (ev.fire_pending and ev.frozen_crops is not None):
             return
         if (not ev.aim and ev.frozen_end_pairs
-                and ends_apart_um(ev.fit, ev.ends, self.config.sorter.sort_distance_um)
-                > COINCIDENT_APART_UM):
-            ends = ev.end_evidence()
-            if ends is None and not timed_out:
+                and ev.holds_two(self.config.sorter.sort_distance_um)):
+            p_ends = ev.end_p_ctc()
+            if p_ends is None and not timed_out:
                 return
-            if ends is not None:
-                ev.aim = self._aim([combine(scores) if scores else None for scores in ends])
+            if p_ends is not None:
+                ev.aim = self._aim(p_ends)
         ev.fire_pending = False
         self._trigger(ev)
 
@@ -292,10 +291,9 @@ class Decider:
     def _decide_two_cells(self, ev: Evidence) -> bool:
         """Decide a blob of two cells on each cell's own crops: a CTC if either is one, and
         its pulse aimed at that cell. False while their scores are still to come."""
-        ends = ev.end_evidence()
-        if ends is None:
+        p_ends = ev.end_p_ctc()
+        if p_ends is None:
             return False
-        p_ends = [combine(scores) if scores else None for scores in ends]
         ev.aim = self._aim(p_ends)
         # The larger P(CTC) classifies the pair as the rule above does: CTC if either is,
         # WBC only if both are.

@@ -125,7 +125,11 @@ class Evidence:
         one decided early been taken up again when its scores came late, decisions would
         depend on timing."""
         return (self.two_cells_early and self.frozen_crops is not None
-                and self.fit is not None
+                and self.holds_two(sort_distance_um))
+
+    def holds_two(self, sort_distance_um: float) -> bool:
+        """Whether the blob's cell lines (``ends``) cross the sorter as two cells."""
+        return (self.fit is not None
                 and ends_apart_um(self.fit, self.ends, sort_distance_um) > COINCIDENT_APART_UM)
 
     def end_evidence(self) -> tuple[list[float], list[float]] | None:
@@ -137,6 +141,12 @@ class Evidence:
             return None
         return tuple([p for (i, e), p in self.end_scores.items() if e == end and i < n]
                      for end in (0, 1))
+
+    def end_p_ctc(self) -> list[float | None] | None:
+        """P(CTC) of each of the two cells on its own crops (None for a cell without a
+        score), or None to wait for them (``end_evidence``)."""
+        ends = self.end_evidence()
+        return None if ends is None else [combine(scores) if scores else None for scores in ends]
 
 
 def ends_apart_um(fit: LineFit, ends: tuple[LineFit, LineFit] | None,
