@@ -349,15 +349,22 @@ def test_unsolicited_lines_interleave_with_replies(wire):
         time.sleep(0.003)
     seen = wire.drain(0.3)
     # The firmware's clock is simavr's, slower than real time on a busy host (CI once saw one
-    # DONE of eight by then): wait for every pulse's end, not a fixed time.
-    while sum(s.startswith("DONE") for s in seen) < 8:
-        seen.append(wire.line(5.0))
+    # DONE of eight by then): wait for every pulse's outcome, not a fixed time. An outcome is
+    # DONE, or MISS where a FIRE reached the controller after its time (a simavr catching up
+    # on a busy host runs its clock faster than real time while the test process waits).
+    while sum(s.split()[0] in ("DONE", "MISS") for s in seen) < 8:
+        try:
+            seen.append(wire.line(5.0))
+        except AssertionError as e:
+            raise AssertionError(f"{e}; lines so far: {seen}") from None
     pongs = [int(s.split()[1]) for s in seen if s.startswith("PONG")]
     assert pongs == list(range(1, n + 1))  # every request answered, in order
     kinds = [s.split()[0] for s in seen]
-    assert kinds.count("DONE") == 8 and kinds.count("ACK") == 8, seen
+    assert kinds.count("ACK") == 8, seen
+    outcomes = sorted(int(s.split()[1]) for s in seen if s.split()[0] in ("DONE", "MISS"))
+    assert outcomes == list(range(1, 9)), seen  # exactly one outcome per pulse
     first, last = kinds.index("PONG"), len(kinds) - 1 - kinds[::-1].index("PONG")
-    assert "DONE" in kinds[first:last]  # outcomes arrived between replies
+    assert {"DONE", "MISS"} & set(kinds[first:last])  # outcomes arrived between replies
 
 
 def test_watchdog_disarms_a_silent_host(wire):
