@@ -148,6 +148,20 @@ def test_edge_cells_flagged_not_dropped_and_single_cell_flag():
     assert round_cell.diameter_um == pytest.approx(11, abs=2.5)
 
 
+def test_a_cell_whose_rim_fades_on_one_side_is_found_whole():
+    """Where a cell's edges fade on one side its rim is an open arc, filled as its hull: the
+    opening would remove the thin arc, and the cell with it."""
+    image = noisy_background()
+    yy, xx = np.mgrid[0:480, 0:640]
+    d = np.hypot(xx - 320, yy - 240)
+    fade = np.clip(np.abs(np.arctan2(yy - 240, xx - 320)) / 0.7, 0, 1)  # none on the right
+    image -= 600 * np.exp(-((d - 16) ** 2) / 2.0) * fade
+    _, cells = segment_image(image.astype(np.uint16), SegmentationConfig(), PX)
+    assert len(cells) == 1
+    assert (cells[0].x_px, cells[0].y_px) == pytest.approx((320, 240), abs=2)
+    assert cells[0].diameter_um == pytest.approx(32 * PX, rel=0.2)
+
+
 def test_touching_pair_is_split_but_round_cell_is_not():
     image = noisy_background()
     bright_field_cell(image, 299, 240, 11, 600)  # two cells 2 µm apart: one blob with a neck
