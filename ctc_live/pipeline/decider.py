@@ -22,6 +22,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ctc_live.config import Config
 from ctc_live.pipeline.decision import (
     COINCIDENT_APART_UM,
@@ -61,15 +63,16 @@ class DecisionCounts:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class FinishedCell:
-    """What the simulator's scorer needs of a decided track."""
+    """What the simulator's scorer needs of a decided track, kept until the run ends (about
+    6,000 tracks a minute): as arrays, a third of the memory of lists of Python floats."""
 
     track_id: int
     decision: str
     p_ctc: float | None
-    crop_p: list[float]
-    path: list[tuple[float, float, float]]  # (scene time, x µm, y µm)
+    crop_p: np.ndarray  # float32, one per scored crop
+    path: np.ndarray  # (n, 3) float64: scene time, x µm, y µm per observation
 
 
 class Decider:
@@ -393,4 +396,6 @@ class Decider:
             "latency_ms": ev.latency_ms,
         })
         if self.keep_finished:
-            self.finished.append(FinishedCell(ev.track_id, decision, ev.p_decided, ev.scores, ev.path))
+            self.finished.append(FinishedCell(
+                ev.track_id, decision, ev.p_decided, np.array(ev.scores, np.float32),
+                np.array(ev.path, np.float64).reshape(-1, 3)))
