@@ -369,9 +369,10 @@ def test_a_ctc_decided_early_whose_blob_holds_two_aims_at_the_cell_its_crops_nam
     ((start_ns, width_us),) = sorter.pulses
     centre_s = (start_ns - now) / 1e9 + 1.0 + width_us / 2e6  # camera time
     assert centre_s == pytest.approx(ends[1].t_at(1500), abs=1e-7)
-    (pulse,) = read_run(tmp_path)["pulses"]
+    run = read_run(tmp_path)
+    (pulse,) = run["pulses"]
     assert pulse["aim"] == "front"
-    (cell,) = read_run(tmp_path)["cells"]
+    (cell,) = run["cells"]
     assert cell["decision"] == "ctc"
 
 
