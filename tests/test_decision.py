@@ -393,3 +393,19 @@ def test_wilson_interval_for_rare_events():
     low, high = wilson_interval(95, 100)
     assert low < 0.95 < high <= 1
     assert wilson_interval(0, 0) is None
+
+
+def test_a_missed_ctc_is_put_down_to_its_first_cause():
+    from ctc_live.pipeline.decider import FinishedCell
+    from ctc_live.pipeline.scoring import miss_cause
+
+    def track(track_id, decision, frames):
+        return FinishedCell(track_id, decision, None, np.zeros(0, np.float32),
+                            np.zeros((frames, 3)))
+
+    tracks = {1: track(1, "wbc", 9), 2: track(2, "uncertain", 3), 3: track(3, "ctc", 2)}
+    assert miss_cause([], tracks, set()) == "no_track"
+    assert miss_cause([1, 2], tracks, set()) == "decided_wbc"  # by its longest track
+    assert miss_cause([2], tracks, {2}) == "decided_uncertain"
+    assert miss_cause([1, 3], tracks, set()) == "not_fired"
+    assert miss_cause([1, 3], tracks, {3}) == "pulse_off"

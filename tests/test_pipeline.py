@@ -80,6 +80,8 @@ def test_short_simulated_run_end_to_end(tmp_path, capsys):
     assert all(queue[q] <= segmentation[q] for q in ("p50", "p99", "max"))
     assert summary["pulses"]["lost"] == 0
     assert truth["recovery"] > 0.5
+    # Every CTC not deflected is put down to one cause.
+    assert sum(truth["ctc_missed"].values()) == round(truth["ctc"] * (1 - truth["recovery"]))
     # The run store holds the same cells and pulses.
     data = read_run(tmp_path)
     assert len(data["cells"]) == summary["cells"]["total"]

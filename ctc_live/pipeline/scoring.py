@@ -17,6 +17,8 @@ from collections import Counter
 
 import numpy as np
 
+# Why a CTC was not deflected (see miss_cause), in the order they are tested.
+MISS_CAUSES = ("no_track", "decided_wbc", "decided_uncertain", "not_fired", "pulse_off")
 # A track observation belongs to a true cell whose centre is this close (µm).
 MATCH_UM = 6.0
 
@@ -105,6 +107,12 @@ def score_simulated_run(
 
     ctc_passed = [c for c in cells if c.kind == "ctc"]
     ctc_deflected = sum(deflected(c) for c in ctc_passed)
+    fired = {track_id for track_id, (_, _, actual_ns) in (pulse_targets or {}).items()
+             if actual_ns is not None}
+    missed = Counter(
+        miss_cause(tracks_of.get(c.id, []), decision_of, fired)
+        for c in ctc_passed if not deflected(c)
+    )
     everything_deflected = [c for c in scene.cells if deflected(c)]
     ctc_among = sum(c.kind == "ctc" for c in everything_deflected)
 
@@ -128,11 +136,26 @@ def score_simulated_run(
         "purity": _ratio(ctc_among, n_deflected),
         "purity_ci95": wilson_interval(ctc_among, n_deflected),
         "deflected": n_deflected,
+        "ctc_missed": {cause: missed[cause] for cause in MISS_CAUSES},
         "pulse_error_us_p99": (
             float(np.percentile(np.abs(errors_us), 99)) if errors_us else None
         ),
         "pulse_error_us_median": float(np.median(errors_us)) if errors_us else None,
     }
+
+
+def miss_cause(tracks: list[int], decision_of: dict, fired: set[int]) -> str:
+    """Why a CTC that passed was not deflected, the first of ``MISS_CAUSES`` that holds:
+    no track matched it; none of its tracks was decided CTC (named by its longest track's
+    decision); none of its CTC tracks' pulses started (late, cancelled, missed or lost); a
+    pulse started but its window missed the cell's crossing."""
+    if not tracks:
+        return "no_track"
+    ctc = [t for t in tracks if decision_of[t].decision == "ctc"]
+    if not ctc:
+        longest = max(tracks, key=lambda t: len(decision_of[t].path))
+        return f"decided_{decision_of[longest].decision}"
+    return "pulse_off" if any(t in fired for t in ctc) else "not_fired"
 
 
 def _ratio(a: int, b: int) -> float | None:
