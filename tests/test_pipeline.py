@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -85,6 +86,9 @@ def test_short_simulated_run_end_to_end(tmp_path, capsys):
     # The run store holds the same cells and pulses.
     data = read_run(tmp_path)
     assert len(data["cells"]) == summary["cells"]["total"]
+    # Each cell's true identity, as the run was scored.
+    kinds = Counter(c["truth_kind"] for c in data["cells"])
+    assert kinds["ctc"] + kinds["wbc"] >= truth["cells"] * truth["detection_recall"]
     assert sum(p["outcome"] == "done" for p in data["pulses"]) == summary["pulses"]["done"]
     # How far apart the lines of a blob's two cells crossed the sorter (0 for a round blob);
     # a pulse aimed at one of them was for such a blob.

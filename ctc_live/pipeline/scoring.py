@@ -64,15 +64,18 @@ def score_simulated_run(
     sort_x_um: float,
     threshold: float,
     pulse_targets: dict[int, tuple[int, float, int | None]] | None = None,
+    matches: dict[int, object] | None = None,
 ) -> dict:
     """The ``truth.*`` figures of a run.
 
     ``pulses_host``: (actual start host ns, width µs) of every pulse the controller fired.
     ``t0_ns``: host time of scene time 0. ``first_s``/``last_s``: scene times of the first
     and last frames. ``pulse_targets``: track id → (target start ns, width µs, actual start
-    ns) of the pulses sent, for the timing error against the true crossing.
+    ns) of the pulses sent, for the timing error against the true crossing. ``matches``:
+    :func:`match_tracks` of ``finished``, where the caller has it already.
     """
-    matches = match_tracks(scene, finished)
+    if matches is None:
+        matches = match_tracks(scene, finished)
     decision_of = {c.track_id: c for c in finished}
 
     def crossed_field(cell) -> bool:
