@@ -25,6 +25,18 @@ def test_same_seed_same_frames_whatever_the_order():
     assert not np.array_equal(FlowScene(make_config(seed=4)).render(0.4), later)
 
 
+def test_a_scene_that_forgets_past_cells_renders_the_same_frames():
+    kept, forgetful = FlowScene(make_config(seed=5)), FlowScene(make_config(seed=5))
+    for k in range(0, 400, 7):  # 2 s of a 200 fps run, forward
+        t = k / 200
+        assert np.array_equal(forgetful.render(t), kept.render(t))
+        forgetful.forget_before(t)
+    assert [c.id for c in forgetful.visible_cells(t)] == [c.id for c in kept.visible_cells(t)]
+    # Only cells that could still be in the field are kept; ids go on from the first cell.
+    assert 0 < len(forgetful.cells) < len(kept.cells) / 3
+    assert forgetful.cells[-1].id == kept.cells[-1].id
+
+
 def test_frame_is_12_bit_uint16_of_the_configured_size():
     scene = FlowScene(Config())
     image = scene.render(0.2)

@@ -124,6 +124,7 @@ def _render_loop(config_data, fps, shm_name, start_frame, free, ready, skip_to) 
         while (slot := free.recv()) is not None:
             k = max(k, skip_to.value)
             scene.render(k / fps, out=slots[slot])
+            scene.forget_before(k / fps)  # frames only go forward
             ready.send((k, slot))
             k += 1
     except EOFError:  # the camera's process is gone

@@ -93,6 +93,7 @@ class FlowScene:
         self._sigma_empty = np.sqrt(self._empty * self._gain + self._read_var).astype(np.float32)
 
         self._cells: list[Cell] = []
+        self._next_id = 0
         self._t_enter: list[float] = []
         self._t_gone: list[float] = []  # when each cell is past the field, sprite and all
         self._blocks = 0
@@ -104,8 +105,17 @@ class FlowScene:
 
     @property
     def cells(self) -> list[Cell]:
-        """Every cell generated so far, in order of arrival (see ``generate_until``)."""
+        """Every cell generated so far and not forgotten, in order of arrival (see
+        ``generate_until`` and ``forget_before``)."""
         return self._cells
+
+    def forget_before(self, t_s: float) -> None:
+        """Drop the cells gone from the field before scene time ``t_s``: a scene that only
+        renders, forward in time, needs no history, and kept it all (~110 cells a second,
+        2 MB a minute in the renderer's process)."""
+        gone = bisect.bisect_left(self._t_enter, t_s - self._max_residence_s)
+        if gone:
+            del self._cells[:gone], self._t_enter[:gone], self._t_gone[:gone]
 
     def generate_until(self, t_s: float) -> None:
         """Make sure every cell that enters before scene time ``t_s`` exists."""
@@ -183,7 +193,7 @@ class FlowScene:
         for t, kind, d, y, v in new:
             v = max(v, 50.0)  # nothing sticks to the walls
             cell = Cell(
-                id=len(self._cells),
+                id=self._next_id,
                 kind=kind,
                 diameter_um=float(d),
                 y_um=float(y),
@@ -191,6 +201,7 @@ class FlowScene:
                 t_enter_s=float(t),
                 x_start_um=-(d / 2 + ENTRY_MARGIN_UM),
             )
+            self._next_id += 1
             self._cells.append(cell)
             self._t_enter.append(cell.t_enter_s)
             travel = self.width_um + d + 2 * ENTRY_MARGIN_UM + 20.0
