@@ -396,8 +396,7 @@ def test_wilson_interval_for_rare_events():
 
 
 def test_a_missed_ctc_is_put_down_to_its_first_cause():
-    from ctc_live.pipeline.decider import FinishedCell
-    from ctc_live.pipeline.scoring import miss_cause
+    from ctc_live.pipeline.scoring import FinishedCell, miss_cause
 
     def track(track_id, decision, frames):
         return FinishedCell(track_id, decision, None, np.zeros(0, np.float32),
@@ -409,3 +408,24 @@ def test_a_missed_ctc_is_put_down_to_its_first_cause():
     assert miss_cause([2], tracks, {2}) == "decided_uncertain"
     assert miss_cause([1, 3], tracks, set()) == "not_fired"
     assert miss_cause([1, 3], tracks, {3}) == "pulse_off"
+
+
+def test_the_track_archive_gives_back_every_track_as_it_was_kept():
+    from ctc_live.pipeline.scoring import TrackArchive
+
+    archive = TrackArchive(chunk_rows=8)  # small chunks: tracks cross chunk boundaries
+    kept = []
+    for track_id in range(40):
+        n = track_id % 6  # 0..5 observations and scores: some tracks have none
+        path = [(track_id + k / 10, 5.0 * k, 100.5 + track_id) for k in range(n)]
+        scores = [k / 7 for k in range(n)]
+        decision = ("ctc", "wbc", "uncertain")[track_id % 3]
+        p = None if track_id % 4 == 0 else track_id / 40
+        archive.append(track_id, decision, p, scores, path)
+        kept.append((track_id, decision, p, scores, path))
+    assert len(archive) == 40
+    for cell, (track_id, decision, p, scores, path) in zip(archive, kept, strict=True):
+        assert (cell.track_id, cell.decision, cell.p_ctc) == (track_id, decision, p)
+        assert cell.path.shape == (len(path), 3) and np.array_equal(cell.path, np.array(path).reshape(-1, 3))
+        assert np.allclose(cell.crop_p, scores) and cell.crop_p.dtype == np.float32
+    assert [c.track_id for c in archive] == list(range(40))  # read again, the same
