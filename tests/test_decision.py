@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from ctc_live.config import SorterConfig
+from ctc_live.config import Config, SorterConfig
 from ctc_live.pipeline.decision import Evidence, classify, combine, plan_pulse
 from ctc_live.tracking import LineFit
 
@@ -396,36 +396,44 @@ def test_wilson_interval_for_rare_events():
 
 
 def test_a_missed_ctc_is_put_down_to_its_first_cause():
-    from ctc_live.pipeline.scoring import FinishedCell, miss_cause
+    from ctc_live.pipeline.scoring import miss_cause
 
-    def track(track_id, decision, frames):
-        return FinishedCell(track_id, decision, None, np.zeros(0, np.float32),
-                            np.zeros((frames, 3)))
-
-    tracks = {1: track(1, "wbc", 9), 2: track(2, "uncertain", 3), 3: track(3, "ctc", 2)}
-    assert miss_cause([], tracks, set()) == "no_track"
-    assert miss_cause([1, 2], tracks, set()) == "decided_wbc"  # by its longest track
-    assert miss_cause([2], tracks, {2}) == "decided_uncertain"
-    assert miss_cause([1, 3], tracks, set()) == "not_fired"
-    assert miss_cause([1, 3], tracks, {3}) == "pulse_off"
+    assert miss_cause(None, [], set()) == "no_track"
+    assert miss_cause("wbc", [], set()) == "decided_wbc"  # named by its longest track
+    assert miss_cause("uncertain", [], {2}) == "decided_uncertain"
+    assert miss_cause("wbc", [3], set()) == "not_fired"  # a shorter track was decided CTC
+    assert miss_cause("wbc", [3], {3}) == "pulse_off"
 
 
-def test_the_track_archive_gives_back_every_track_as_it_was_kept():
-    from ctc_live.pipeline.scoring import TrackArchive
+def test_each_decided_track_is_matched_to_the_true_cell_it_followed():
+    from ctc_live.pipeline.scoring import TruthScorer, match_track
+    from ctc_live.simulation import FlowScene
 
-    archive = TrackArchive(chunk_rows=8)  # small chunks: tracks cross chunk boundaries
-    kept = []
-    for track_id in range(40):
-        n = track_id % 6  # 0..5 observations and scores: some tracks have none
-        path = [(track_id + k / 10, 5.0 * k, 100.5 + track_id) for k in range(n)]
-        scores = [k / 7 for k in range(n)]
-        decision = ("ctc", "wbc", "uncertain")[track_id % 3]
-        p = None if track_id % 4 == 0 else track_id / 40
-        archive.append(track_id, decision, p, scores, path)
-        kept.append((track_id, decision, p, scores, path))
-    assert len(archive) == 40
-    for cell, (track_id, decision, p, scores, path) in zip(archive, kept, strict=True):
-        assert (cell.track_id, cell.decision, cell.p_ctc) == (track_id, decision, p)
-        assert cell.path.shape == (len(path), 3) and np.array_equal(cell.path, np.array(path).reshape(-1, 3))
-        assert np.allclose(cell.crop_p, scores) and cell.crop_p.dtype == np.float32
-    assert [c.track_id for c in archive] == list(range(40))  # read again, the same
+    config = Config()
+    scene = FlowScene(config)
+    scene.generate_until(2.0)
+    width_um = config.camera.width * config.camera.pixel_size_um
+    a, b = [c for c in scene.cells if c.kind != "debris" and 0.5 < c.t_at_x(0) < 1.5][:2]
+
+    def path(cell, n, offset_um=0.3):  # observations along its crossing, a little off
+        t0, t1 = cell.t_at_x(20), cell.t_at_x(width_um - 20)
+        return [(t, cell.x_um(t) + offset_um, cell.y_um - offset_um)
+                for t in np.linspace(t0, t1, n)]
+
+    assert match_track(scene, path(a, 10), width_um) is a
+    assert match_track(scene, path(a, 3) + path(b, 5), width_um) is b  # by majority
+    assert match_track(scene, path(a, 5, offset_um=50.0), width_um) is None  # nothing near
+    assert match_track(scene, [], width_um) is None
+
+    scorer = TruthScorer(scene, width_um)
+    kind = "ctc" if a.kind == "wbc" else "wbc"  # the other kind: decided wrong
+    assert scorer.add(1, kind, 0.5, [0.9, 0.2, 0.7], path(a, 4)) is a
+    scorer.add(2, a.kind, 0.5, [0.4], path(a, 9))  # its longest track: decided right
+    scorer.add(3, "ctc", 0.5, [], path(a, 2))
+    assert scorer.longest_decision(a.id) == a.kind
+    assert scorer.longest_decision(b.id) is None  # no track
+    decided = {1: kind, 2: a.kind, 3: "ctc"}
+    assert scorer.ctc_tracks[a.id] == [t for t, d in decided.items() if d == "ctc"]
+    assert scorer.cell_of_ctc_track[3] is a
+    right = sum((p >= 0.5) == (a.kind == "ctc") for p in (0.9, 0.2, 0.7, 0.4))
+    assert (scorer.crops_right, scorer.crops_scored) == (right, 4)

@@ -33,7 +33,7 @@ from ctc_live.pipeline.decision import (
     sorter_window,
 )
 from ctc_live.pipeline.messages import EndCrop, Observation, ScoreDropped, TrackEnded
-from ctc_live.pipeline.scoring import TrackArchive
+from ctc_live.pipeline.scoring import TruthScorer
 from ctc_live.pipeline.stats import LatencyHistogram, RateMeter
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,12 @@ class DecisionCounts:
 
 
 class Decider:
-    def __init__(self, config: Config, store, sorter=None, keep_finished: bool = False,
+    def __init__(self, config: Config, store, sorter=None, truth: TruthScorer | None = None,
                  lossless: bool = False):
         self.config = config
         self.store = store
         self.sorter = sorter
-        self.keep_finished = keep_finished
+        self.truth = truth  # the simulator's scorer: each decided track goes to it
         # Lossless (a replay at full speed, where nothing is real time and no crop is
         # dropped): every score comes back, however late, and is waited for. A timeout there
         # decided cells on the scores that happened to be back: on a busy machine, 151 of 238
@@ -96,7 +96,6 @@ class Decider:
         # Tracks whose first crops were not confident: they will be decided on all their
         # crops, so the segmentation stage sends the ones it held back (read without locks).
         self.inconclusive: set[int] = set()
-        self.finished = TrackArchive()
         self.pulses: dict[int, dict] = {}
         self._tracks: dict[int, Evidence] = {}
         # Every track's widest window at the sorter (camera time, s) from its latest line, kept
@@ -196,7 +195,7 @@ class Decider:
             # detections (cut by the edge) carry none, and arrive before or after the scores.
             ev.ends = obs.ends
             ev.freeze()
-        if self.keep_finished and obs.scene_time_s is not None:
+        if self.truth is not None and obs.scene_time_s is not None:
             ev.path.append((obs.scene_time_s, obs.x_um, obs.y_um))
         return ev
 
@@ -373,6 +372,8 @@ class Decider:
         if ev.n_obs < self.config.tracking.min_track_length:
             self.counts.noise_tracks += 1
             return
+        cell = (None if self.truth is None else
+                self.truth.add(ev.track_id, decision, ev.threshold, ev.scores, ev.path))
         self.store.put("cells", {
             "track_id": ev.track_id, "first_frame": ev.first_frame, "last_frame": ev.last_frame,
             "n_obs": ev.n_obs, "n_scored": ev.scored, "x_first_um": ev.x_first_um,
@@ -381,6 +382,6 @@ class Decider:
             "p_ctc": ev.p_decided, "decision": decision, "threshold": ev.threshold,
             "decided_ns": ev.decided_ns,
             "latency_ms": ev.latency_ms,
+            "truth_id": None if cell is None else cell.id,
+            "truth_kind": None if cell is None else cell.kind,
         })
-        if self.keep_finished:
-            self.finished.append(ev.track_id, decision, ev.p_decided, ev.scores, ev.path)

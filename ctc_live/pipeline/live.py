@@ -28,6 +28,7 @@ import ctc_live
 from ctc_live.config import Config
 from ctc_live.pipeline.decider import Decider
 from ctc_live.pipeline.runtime import settle_garbage_collector
+from ctc_live.pipeline.scoring import TruthScorer
 from ctc_live.pipeline.segmenting import SegmentationStage
 from ctc_live.pipeline.snapshot import (
     Arm,
@@ -120,7 +121,9 @@ class Pipeline:
         # The first inference loads torch's kernels (up to seconds): not while frames wait.
         size = config.segmentation.crop_size
         classifier.predict(np.zeros((1, size, size), np.float32))
-        self.decider = Decider(config, self.store, keep_finished=simulated,
+        cam = config.camera
+        truth = TruthScorer(self.camera.scene, cam.width * cam.pixel_size_um) if simulated else None
+        self.decider = Decider(config, self.store, truth=truth,
                                lossless=self.camera.lossless)
         if config.sorter.enabled and self.camera.kind != "replay":
             from ctc_live.sorting import open_sorter

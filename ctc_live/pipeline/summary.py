@@ -52,7 +52,7 @@ def build_summary(pipeline) -> dict:
 
 
 def _truth(pipeline) -> dict:
-    from ctc_live.pipeline.scoring import match_tracks, score_simulated_run
+    from ctc_live.pipeline.scoring import score_simulated_run
 
     config = pipeline.config
     first, last = pipeline.segmentation.first_frame, pipeline.segmentation.latest[0]
@@ -65,24 +65,14 @@ def _truth(pipeline) -> dict:
         for row in pipeline.decider.pulses.values():
             targets[row["track_id"]] = (row["target_ns"], row["width_us"],
                                         row.get("actual_start_ns"))
-    scene, finished = pipeline.camera.scene, pipeline.decider.finished
-    matches = match_tracks(scene, finished)
-    for track_id, true in matches.items():  # the cells table's truth_id and truth_kind
-        pipeline.store.put("cell_truth", {"track_id": track_id, "truth_id": true.id,
-                                          "truth_kind": true.kind})
-    cam = config.camera
     return score_simulated_run(
-        scene,
-        finished,
+        pipeline.decider.truth,
         pulses_host,
         t0_ns,
         first.scene_time_s,
         last.scene_time_s,
-        cam.width * cam.pixel_size_um,
         config.sorter.sort_distance_um,
-        pipeline.decider.threshold,
         targets,
-        matches,
     )
 
 

@@ -131,14 +131,20 @@ class FlowScene:
             if -c.diameter_um / 2 < c.x_um(t_s) < self.width_um + c.diameter_um / 2
         ]
 
+    def cells_between(self, first_s: float, last_s: float) -> list[Cell]:
+        """Cells generated so far that may be in the field at some time from ``first_s`` to
+        ``last_s`` (a superset: filter by position), in order of arrival. It generates
+        nothing, so another thread may call it for times whose frames were rendered."""
+        lo = bisect.bisect_left(self._t_enter, first_s - self._max_residence_s)
+        hi = bisect.bisect_right(self._t_enter, last_s)
+        # The window is as long as the slowest cell's crossing; most in it are long gone.
+        return [c for c, gone in zip(self._cells[lo:hi], self._t_gone[lo:hi]) if gone >= first_s]
+
     def _candidates(self, t_s: float) -> list[Cell]:
         if t_s < 0:
             raise ValueError(f"scene time must be >= 0, got {t_s}")
         self.generate_until(t_s)
-        lo = bisect.bisect_left(self._t_enter, t_s - self._max_residence_s)
-        hi = bisect.bisect_right(self._t_enter, t_s)
-        # The window is as long as the slowest cell's crossing; most in it are long gone.
-        return [c for c, gone in zip(self._cells[lo:hi], self._t_gone[lo:hi]) if gone >= t_s]
+        return self.cells_between(t_s, t_s)
 
     def _mean_profile(self) -> float:
         """Mean of the parabolic profile factor over the cells' lateral distribution."""

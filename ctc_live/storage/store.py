@@ -90,12 +90,6 @@ TABLE_COLUMNS = {
 }
 # Rows of these tables are re-written as they change (a pulse gets its outcome later).
 REPLACE_TABLES = {"pulses", "run", "cells"}
-# Rows put under these names update columns of rows already written: on the simulator a
-# cell's true identity is known only when the run is scored, after its row was written.
-UPDATES = {
-    "cell_truth": "UPDATE cells SET truth_id = :truth_id, truth_kind = :truth_kind "
-                  "WHERE track_id = :track_id",
-}
 
 
 class RunStore:
@@ -169,9 +163,6 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
-    if table in UPDATES:
-        db.execute(UPDATES[table], {k: _sql_value(v) for k, v in row.items()})
-        return
     columns = TABLE_COLUMNS[table]
     verb = "INSERT OR REPLACE" if table in REPLACE_TABLES else "INSERT"
     values = [_sql_value(row.get(c)) for c in columns]
