@@ -430,10 +430,40 @@ def test_each_decided_track_is_matched_to_the_true_cell_it_followed():
     assert scorer.add(1, kind, 0.5, [0.9, 0.2, 0.7], path(a, 4)) is a
     scorer.add(2, a.kind, 0.5, [0.4], path(a, 9))  # its longest track: decided right
     scorer.add(3, "ctc", 0.5, [], path(a, 2))
-    assert scorer.longest_decision(a.id) == a.kind
-    assert scorer.longest_decision(b.id) is None  # no track
+    decisions = scorer.longest_decisions(len(scene.history()))
+    assert decisions[a.id] == a.kind and decisions[b.id] == ""  # b: no track
     decided = {1: kind, 2: a.kind, 3: "ctc"}
     assert scorer.ctc_tracks[a.id] == [t for t, d in decided.items() if d == "ctc"]
     assert scorer.cell_of_ctc_track[3] is a
     right = sum((p >= 0.5) == (a.kind == "ctc") for p in (0.9, 0.2, 0.7, 0.4))
     assert (scorer.crops_right, scorer.crops_scored) == (right, 4)
+
+
+def test_a_run_is_scored_on_the_truth_of_every_cell_even_those_forgotten():
+    from ctc_live.pipeline.scoring import TRUTH_HORIZON_S, TruthScorer, score_simulated_run
+    from ctc_live.simulation import FlowScene
+
+    config = Config()
+    scene = FlowScene(config)
+    scene.generate_until(14.0)
+    width_um = config.camera.width * config.camera.pixel_size_um
+    sort_x = config.sorter.sort_distance_um
+    ctcs = [c for c in scene.cells if c.kind == "ctc" and 1 < c.t_at_x(0) and c.t_at_x(sort_x) < 13]
+    first, late = ctcs[0], ctcs[-1]
+    scorer = TruthScorer(scene, width_um)
+    for track_id, cell in enumerate((first, late)):
+        t = np.linspace(cell.t_at_x(10), cell.t_at_x(width_um - 10), 8)
+        scorer.add(track_id, "ctc", 0.5, [0.9], list(zip(t, cell.x_um(t), [cell.y_um] * 8)))
+    # The second track is over 10 s later: the Cell objects of the first second are gone.
+    assert late.t_at_x(10) - TRUTH_HORIZON_S > first.t_at_x(width_um) + 1
+    assert scene.cells[0].id > first.id and len(scene.history()) > scene.cells[-1].id
+    # One pulse, on the first CTC's crossing (host time = scene time here).
+    crossing_ns = round(first.t_at_x(sort_x) * 1e9)
+    truth = score_simulated_run(scorer, [(crossing_ns - 50_000, 100.0)], 0, 0.0, 13.5, sort_x,
+                                {0: (crossing_ns - 50_000, 100.0, crossing_ns - 50_000)})
+    assert truth["deflected"] >= 1 and truth["ctc"] >= len(ctcs) - 1
+    assert truth["recovery"] == 1 / truth["ctc"]
+    missed = truth["ctc_missed"]
+    assert missed["not_fired"] == 1  # the late CTC: decided, no pulse
+    assert sum(missed.values()) == truth["ctc"] - 1
+    assert abs(truth["pulse_error_us_median"]) < 1

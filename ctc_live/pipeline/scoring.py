@@ -22,6 +22,9 @@ import numpy as np
 MISS_CAUSES = ("no_track", "decided_wbc", "decided_uncertain", "not_fired", "pulse_off")
 # A track observation belongs to a true cell whose centre is this close (µm).
 MATCH_UM = 6.0
+# The scene's Cell objects are kept this long (scene time) before the oldest observation of
+# the latest track scored: tracks are decided within a second or so of leaving the field.
+TRUTH_HORIZON_S = 10.0
 
 
 DECISIONS = ("ctc", "wbc", "uncertain")
@@ -50,6 +53,8 @@ class TruthScorer:
         """Score one decided track (``path``: scene time, x µm, y µm per observation); the
         true cell it matched, or None."""
         cell = match_track(self.scene, path, self.field_width_um)
+        if path:
+            self.scene.forget_before(path[0][0] - TRUTH_HORIZON_S)
         if cell is None:
             return None
         right = sum((p >= threshold) == (cell.kind == "ctc") for p in scores)
@@ -66,11 +71,12 @@ class TruthScorer:
             self.cell_of_ctc_track[track_id] = cell
         return cell
 
-    def longest_decision(self, cell_id: int) -> str | None:
-        """The decision of the cell's longest track; None where no track matched it."""
-        if cell_id >= len(self._longest) or not self._longest[cell_id]:
-            return None
-        return DECISIONS[self._decision[cell_id]]
+    def longest_decisions(self, n_cells: int) -> np.ndarray:
+        """Per true cell id up to ``n_cells``: the decision of its longest track, or '' where
+        no track matched it."""
+        names = np.array(("", *DECISIONS))
+        longest, decision = (_grown(a, n_cells)[:n_cells] for a in (self._longest, self._decision))
+        return np.where(longest > 0, names[decision + 1], "")
 
 
 def _grown(a: np.ndarray, n: int) -> np.ndarray:
@@ -131,35 +137,38 @@ def score_simulated_run(
     and last frames. ``pulse_targets``: track id → (target start ns, width µs, actual start
     ns) of the pulses sent, for the timing error against the true crossing.
     """
-    scene, width_um = scorer.scene, scorer.field_width_um
+    from ctc_live.simulation.scene import KINDS  # with OpenCV: not for the CLI's start
 
-    def crossed_field(cell) -> bool:
-        r = cell.diameter_um / 2
-        return cell.t_at_x(-r) >= first_s and cell.t_at_x(width_um + r) <= last_s
+    truth = scorer.scene.history()
+    kinds = np.array(KINDS)[truth["kind"]]
 
-    cells = [c for c in scene.cells if c.kind in ("ctc", "wbc") and crossed_field(c)]
-    decided = {c.id: scorer.longest_decision(c.id) for c in cells}
-    detected = [c for c in cells if decided[c.id] is not None]
-    correct = sum(decided[c.id] == c.kind for c in detected)
+    def t_at(x_um) -> np.ndarray:  # scene time each cell's centre passes x_um
+        return truth["t_enter_s"] + (x_um - truth["x_start_um"]) / truth["velocity_um_s"]
 
-    # Deflection, in host time.
+    r = truth["diameter_um"] / 2
+    crossed = ((kinds != "debris") & (t_at(-r) >= first_s)
+               & (t_at(scorer.field_width_um + r) <= last_s))
+    decided = scorer.longest_decisions(len(truth))
+    detected = crossed & (decided != "")
+    correct = int(np.sum(detected & (decided == kinds)))
+
+    # Deflection, in host time: a pulse is on as the cell's centre crosses the beam.
     starts = np.array([s for s, _ in pulses_host], dtype=np.int64)
     ends = starts + np.array([w * 1000 for _, w in pulses_host], dtype=np.int64)
+    crossing_ns = t0_ns + t_at(sort_x_um) * 1e9
+    on = (np.searchsorted(np.sort(starts), crossing_ns, "right")  # pulses started by then
+          - np.searchsorted(np.sort(ends), crossing_ns, "left"))  # minus those already over
+    deflected = on > 0
 
-    def deflected(cell) -> bool:
-        crossing = t0_ns + cell.t_at_x(sort_x_um) * 1e9
-        return bool(np.any((starts <= crossing) & (crossing <= ends)))
-
-    ctc_passed = [c for c in cells if c.kind == "ctc"]
-    ctc_deflected = sum(deflected(c) for c in ctc_passed)
+    ctc_passed = crossed & (kinds == "ctc")
+    ctc_deflected = int(np.sum(ctc_passed & deflected))
     fired = {track_id for track_id, (_, _, actual_ns) in (pulse_targets or {}).items()
              if actual_ns is not None}
     missed = Counter(
-        miss_cause(decided[c.id], scorer.ctc_tracks.get(c.id, []), fired)
-        for c in ctc_passed if not deflected(c)
+        miss_cause(decided[i] or None, scorer.ctc_tracks.get(i, []), fired)
+        for i in np.flatnonzero(ctc_passed & ~deflected).tolist()
     )
-    everything_deflected = [c for c in scene.cells if deflected(c)]
-    ctc_among = sum(c.kind == "ctc" for c in everything_deflected)
+    ctc_among = int(np.sum(deflected & (kinds == "ctc")))
 
     errors_us = []
     for track_id, (target_ns, width_us, actual_ns) in (pulse_targets or {}).items():
@@ -169,15 +178,16 @@ def score_simulated_run(
         crossing = t0_ns + true.t_at_x(sort_x_um) * 1e9
         errors_us.append((actual_ns + width_us * 500 - crossing) / 1000)
 
-    n_deflected = len(everything_deflected)
+    n_cells, n_ctc, n_detected = int(crossed.sum()), int(ctc_passed.sum()), int(detected.sum())
+    n_deflected = int(deflected.sum())
     return {
-        "cells": len(cells),
-        "ctc": len(ctc_passed),
-        "detection_recall": _ratio(len(detected), len(cells)),
-        "cell_accuracy": _ratio(correct, len(detected)),
+        "cells": n_cells,
+        "ctc": n_ctc,
+        "detection_recall": _ratio(n_detected, n_cells),
+        "cell_accuracy": _ratio(correct, n_detected),
         "single_crop_accuracy": _ratio(scorer.crops_right, scorer.crops_scored),
-        "recovery": _ratio(ctc_deflected, len(ctc_passed)),
-        "recovery_ci95": wilson_interval(ctc_deflected, len(ctc_passed)),
+        "recovery": _ratio(ctc_deflected, n_ctc),
+        "recovery_ci95": wilson_interval(ctc_deflected, n_ctc),
         "purity": _ratio(ctc_among, n_deflected),
         "purity_ci95": wilson_interval(ctc_among, n_deflected),
         "deflected": n_deflected,

@@ -29,6 +29,13 @@ from ctc_live.simulation.cells import (
 log = logging.getLogger(__name__)
 
 BLOCK_S = 0.5
+KINDS = ("ctc", "wbc", "debris")
+# Every cell generated, a row each (``FlowScene.history``): the truth a run is scored on, at
+# 41 bytes a cell where a Cell object, kept for every cell, took ~300.
+HISTORY_FIELDS = np.dtype([
+    ("kind", np.int8), ("diameter_um", np.float64), ("y_um", np.float64),
+    ("velocity_um_s", np.float64), ("t_enter_s", np.float64), ("x_start_um", np.float64),
+])
 ENTRY_MARGIN_UM = 4.0  # cells start this far beyond their radius, so they enter whole
 FULL_SCALE_ELECTRONS = 10_000.0  # sensor full well at full scale: sets the shot noise
 FLUORESCENCE_BACKGROUND = 0.025  # of full scale
@@ -93,6 +100,7 @@ class FlowScene:
         self._sigma_empty = np.sqrt(self._empty * self._gain + self._read_var).astype(np.float32)
 
         self._cells: list[Cell] = []
+        self._history: list[np.ndarray] = []  # one per block, rows in order of id
         self._next_id = 0
         self._t_enter: list[float] = []
         self._t_gone: list[float] = []  # when each cell is past the field, sprite and all
@@ -109,10 +117,17 @@ class FlowScene:
         ``generate_until`` and ``forget_before``)."""
         return self._cells
 
+    def history(self) -> np.ndarray:
+        """Every cell generated so far, forgotten or not, a ``HISTORY_FIELDS`` row each,
+        indexed by id."""
+        return np.concatenate(self._history) if self._history else np.zeros(0, HISTORY_FIELDS)
+
     def forget_before(self, t_s: float) -> None:
-        """Drop the cells gone from the field before scene time ``t_s``: a scene that only
-        renders, forward in time, needs no history, and kept it all (~110 cells a second,
-        2 MB a minute in the renderer's process)."""
+        """Drop the Cell objects gone from the field before scene time ``t_s`` (``history``
+        keeps their truth): a scene that only renders, forward in time, needs none, and a
+        run's scorer only those its tracks may have followed; both kept them all (~110 cells
+        a second, 2 MB a minute). Only the thread that reads ``cells_between`` may call it:
+        it moves the cells' indices."""
         gone = bisect.bisect_left(self._t_enter, t_s - self._max_residence_s)
         if gone:
             del self._cells[:gone], self._t_enter[:gone], self._t_gone[:gone]
@@ -196,6 +211,7 @@ class FlowScene:
             new.append((t, "debris", d, self.channel_center_um + dy, velocity(dy)))
 
         new.sort(key=lambda c: c[0])
+        rows = []
         for t, kind, d, y, v in new:
             v = max(v, 50.0)  # nothing sticks to the walls
             cell = Cell(
@@ -213,6 +229,9 @@ class FlowScene:
             travel = self.width_um + d + 2 * ENTRY_MARGIN_UM + 20.0
             self._t_gone.append(cell.t_enter_s + travel / v)
             self._max_residence_s = max(self._max_residence_s, travel / v)
+            rows.append((KINDS.index(kind), cell.diameter_um, cell.y_um, cell.velocity_um_s,
+                         cell.t_enter_s, cell.x_start_um))
+        self._history.append(np.array(rows, HISTORY_FIELDS))
 
     def set_exposure(self, exposure_s: float) -> None:
         """Change the exposure: motion blur grows with it, so cached sprites are redone."""
