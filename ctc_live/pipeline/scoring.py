@@ -34,8 +34,8 @@ class TruthScorer:
     """Each decided track matched to the scene's truth as it finishes, keeping only what the
     run's ``truth.*`` figures need: per true cell, its longest track's length and decision;
     the crops scored right; the CTC tracks (which the pulses are for). Keeping every track's
-    path and scores for the end of the run instead grew the pipeline's process by ~2 MB a
-    minute at 100 cells/s (330 bytes a track in numpy chunks, 818 as an object per track)."""
+    path and scores for the end of the run instead grew the pipeline's process at 100 cells/s
+    by ~5 MB a minute (818 bytes a track, an object per track) or 2 (330, in numpy chunks)."""
 
     def __init__(self, scene, field_width_um: float):
         self.scene = scene
