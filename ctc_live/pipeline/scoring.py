@@ -45,7 +45,6 @@ class TruthScorer:
         # Indexed by true cell id (ids count up from 0): 0 where no track matched.
         self._longest = np.zeros(1024, np.int32)
         self._decision = np.zeros(1024, np.int8)  # of the longest track, DECISIONS' index
-        self.ctc_tracks: dict[int, list[int]] = {}  # true cell id → its tracks decided CTC
         self.cell_of_ctc_track: dict[int, object] = {}  # track id → true cell
 
     def add(self, track_id: int, decision: str, threshold: float, scores: list[float],
@@ -67,9 +66,16 @@ class TruthScorer:
             self._longest[cell.id] = len(path)
             self._decision[cell.id] = DECISIONS.index(decision)
         if decision == "ctc":
-            self.ctc_tracks.setdefault(cell.id, []).append(track_id)
             self.cell_of_ctc_track[track_id] = cell
         return cell
+
+    @property
+    def ctc_tracks(self) -> dict[int, list[int]]:
+        """True cell id → its tracks decided CTC, in the order they were decided."""
+        tracks: dict[int, list[int]] = {}
+        for track_id, cell in self.cell_of_ctc_track.items():
+            tracks.setdefault(cell.id, []).append(track_id)
+        return tracks
 
     def longest_decisions(self, n_cells: int) -> np.ndarray:
         """Per true cell id up to ``n_cells``: the decision of its longest track, or '' where
@@ -164,8 +170,9 @@ def score_simulated_run(
     ctc_deflected = int(np.sum(ctc_passed & deflected))
     fired = {track_id for track_id, (_, _, actual_ns) in (pulse_targets or {}).items()
              if actual_ns is not None}
+    ctc_tracks = scorer.ctc_tracks
     missed = Counter(
-        miss_cause(decided[i] or None, scorer.ctc_tracks.get(i, []), fired)
+        miss_cause(decided[i] or None, ctc_tracks.get(i, []), fired)
         for i in np.flatnonzero(ctc_passed & ~deflected).tolist()
     )
     ctc_among = int(np.sum(deflected & (kinds == "ctc")))
