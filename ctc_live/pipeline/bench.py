@@ -5,7 +5,11 @@ default run with the camera as the rig has it: frames that cost the host nothing
 (pre-rendered, looped), where the simulator's renderer otherwise takes ~half a core.
 
 `ctc-live bench widening`: the simulator's recovery and purity with the widened pulse (see
-``decision.plan_pulse``) against the narrow one, on three scenes, each pair run back to back."""
+``decision.plan_pulse``) against the narrow one, on three scenes, each pair run back to back.
+
+`ctc-live bench decisions`: recovery and purity of the decision path offline
+(:mod:`ctc_live.pipeline.offline`) on eight 60 s scenes, with the config's rules and with
+variants of them, on the same scenes."""
 
 from __future__ import annotations
 
@@ -163,4 +167,81 @@ def bench_widening(options: BenchOptions) -> list[Figure]:
             figures.append(Figure(f"seed {seed}, {seconds:.0f} s: {name}", value(new),
                                   "frames" if name == "frames dropped" else "fraction",
                                   baseline=value(base), baseline_name="narrow pulse"))
+    return figures
+
+
+# Scenes the decision path is compared on offline: eight, since one scene's recovery moves by
+# about a per cent with a handful of CTCs, and a rule's effect is often that small.
+DECISION_SEEDS = tuple(range(8))
+
+
+def decision_variants(config) -> dict[str, dict]:
+    """Config overrides compared with the config's own rules, by name."""
+    sorter = config.sorter
+    return {
+        "narrow pulses": {"sorter.widen_sigmas": sorter.pulse_sigmas,
+                          "sorter.widen_max_half_um": sorter.pulse_max_half_um},
+        "span pulses": {"sorter.coincidence": "span"},
+        "threshold 0.3": {"classifier.threshold": 0.3},
+    }
+
+
+def _analyse(config_file, seed: int, seconds: float):
+    """One scene's analysis, in a worker process."""
+    import cv2
+    import torch
+
+    from ctc_live.classification import load_classifier
+    from ctc_live.pipeline.offline import analyse_scene
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    config = load_config(config_file, {"simulation.seed": seed})
+    classifier = load_classifier(config.classifier.model, config.classifier.device,
+                                 config.classifier.precision)
+    return analyse_scene(config, seconds, classifier)
+
+
+@benchmark("decisions", help="recovery and purity of the decision path offline (every frame, "
+           "scores at once, pulses on target) on eight 60 s scenes: the config's rules and "
+           "variants of them, side by side on the same scenes")
+def bench_decisions(options: BenchOptions) -> list[Figure]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ctc_live.pipeline.offline import decide_scene
+
+    seconds, seeds = (5.0, DECISION_SEEDS[:1]) if options.quick else (60.0, DECISION_SEEDS)
+    log.info("analysing %d scenes of %g s (~80 s each on one core)", len(seeds), seconds)
+    with ProcessPoolExecutor(min(len(seeds), os.cpu_count() or 1),
+                             mp_context=mp.get_context("spawn")) as pool:
+        analyses = list(pool.map(_analyse, [options.config_file] * len(seeds), seeds,
+                                 [seconds] * len(seeds)))
+
+    def decide(overrides: dict) -> list[dict]:
+        return [decide_scene(load_config(options.config_file,
+                                         {**overrides, "simulation.seed": a.seed}), a)
+                for a in analyses]
+
+    def mean(runs: list[dict], key: str) -> float:
+        values = [run["truth"][key] for run in runs if run["truth"][key] is not None]
+        return sum(values) / len(values) if values else float("nan")
+
+    base = decide({})
+    figures = []
+    for seed, run in zip(seeds, base):
+        for key in ("recovery", "purity"):
+            figures.append(Figure(f"seed {seed}, {seconds:.0f} s: {key}",
+                                  run["truth"][key] or 0.0, "fraction"))
+    for key in ("recovery", "purity", "cell_accuracy"):
+        figures.append(Figure(f"mean {key}", mean(base, key), "fraction"))
+    for cause in base[0]["truth"]["ctc_missed"]:
+        figures.append(Figure(f"CTCs missed: {cause}",
+                              sum(run["truth"]["ctc_missed"][cause] for run in base), "CTCs"))
+    config = load_config(options.config_file)
+    for name, overrides in decision_variants(config).items():
+        runs = decide(overrides)
+        for key in ("recovery", "purity"):
+            figures.append(Figure(f"{name}: mean {key}", mean(runs, key), "fraction",
+                                  baseline=mean(base, key), baseline_name="config"))
     return figures

@@ -20,6 +20,7 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ctc_live.config import Config
@@ -64,8 +65,11 @@ class DecisionCounts:
 
 class Decider:
     def __init__(self, config: Config, store, sorter=None, truth: TruthScorer | None = None,
-                 lossless: bool = False):
+                 lossless: bool = False, clock: Callable[[], int] = time.monotonic_ns):
         self.config = config
+        # Host time in ns: the stamps of decisions and pulses, and whether a pulse is late
+        # (the offline decision path runs on the scene's time instead: pipeline.offline).
+        self.clock = clock
         self.store = store
         self.sorter = sorter
         self.truth = truth  # the simulator's scorer: each decided track goes to it
@@ -114,6 +118,10 @@ class Decider:
         """Handle everything queued, decide what still waits for scores, then stop."""
         self._stop.set()
         self._thread.join()
+        self.finish()
+
+    def finish(self) -> None:
+        """The stream is over: decide what still waits for scores."""
         self._expire_waiting(timeout_ns=0)
 
     def _run(self) -> None:
@@ -126,14 +134,14 @@ class Decider:
             else:
                 for m in message if isinstance(message, list) else (message,):
                     self.handle(m)
-            if time.monotonic_ns() >= next_expiry:
+            if self.clock() >= next_expiry:
                 self._expire_waiting()
-                next_expiry = time.monotonic_ns() + 10_000_000
+                next_expiry = self.clock() + 10_000_000
 
     # -- messages ---------------------------------------------------------------------------
 
     def handle(self, message) -> None:
-        received = time.monotonic_ns()
+        received = self.clock()
         if isinstance(message, Observation):
             ev = self._observe(message)
             ev.last_exposure_ns, ev.last_input_ns = message.exposure_ns, message.segmented_ns
@@ -246,7 +254,7 @@ class Decider:
     def _expire_waiting(self, timeout_ns: float | None = None) -> None:
         """Decide ended tracks whose scores did not all come back in time."""
         timeout_ns = self.evidence_timeout_ns if timeout_ns is None else timeout_ns
-        now = time.monotonic_ns()
+        now = self.clock()
         for ev in list(self._tracks.values()):
             if ev.ended and now - ev.ended_ns > timeout_ns:
                 if ev.n_obs >= self.config.tracking.min_track_length:
@@ -270,7 +278,7 @@ class Decider:
             self.ctc_rate.total += 1
             if self.sorter is not None:
                 ev.fire_pending = True
-        done = time.monotonic_ns()
+        done = self.clock()
         self.latency["decision"].add(done - ev.last_input_ns)
         ev.decided_ns = done
         if not ev.fire_pending:  # no pulse to send: the decision ends the chain
@@ -305,7 +313,7 @@ class Decider:
                   if track_id != ev.track_id and self.decision(track_id) != "ctc"]
         target_ns, width_us = plan_pulse(ev.fit, ev.trusted, ev.camera_time_s, ev.exposure_ns,
                                          sorter_cfg, ev.ends, ev.aim, others)
-        lead_ms = (target_ns - time.monotonic_ns()) / 1e6
+        lead_ms = (target_ns - self.clock()) / 1e6
         if lead_ms < sorter_cfg.min_lead_ms:
             self._record_late(ev, f"pulse due in {lead_ms:.1f} ms")
             return
@@ -315,7 +323,7 @@ class Decider:
             self.counts.pulses["error"] += 1
             self.store.event("error", "sorter", f"track {ev.track_id}: pulse refused: {exc}")
             return
-        sent_ns = time.monotonic_ns()
+        sent_ns = self.clock()
         ev.latency_ms = (sent_ns - ev.last_exposure_ns) / 1e6
         self.latency["end_to_end"].add(sent_ns - ev.last_exposure_ns)
         self.latency["pulse"].add(sent_ns - ev.last_exposure_ns)
