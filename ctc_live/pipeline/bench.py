@@ -207,7 +207,7 @@ def _analyse(config_file, seed: int, seconds: float):
            "variants of them, side by side on the same scenes")
 def bench_decisions(options: BenchOptions) -> list[Figure]:
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from ctc_live.pipeline.offline import decide_scene
 
@@ -215,8 +215,11 @@ def bench_decisions(options: BenchOptions) -> list[Figure]:
     log.info("analysing %d scenes of %g s (~80 s each on one core)", len(seeds), seconds)
     with ProcessPoolExecutor(min(len(seeds), os.cpu_count() or 1),
                              mp_context=mp.get_context("spawn")) as pool:
-        analyses = list(pool.map(_analyse, [options.config_file] * len(seeds), seeds,
-                                 [seconds] * len(seeds)))
+        futures = [pool.submit(_analyse, options.config_file, seed, seconds) for seed in seeds]
+        for done, future in enumerate(as_completed(futures), 1):
+            log.info("scene of seed %d analysed (%d of %d)", future.result().seed, done,
+                     len(seeds))
+        analyses = [future.result() for future in futures]
 
     def decide(overrides: dict) -> list[dict]:
         return [decide_scene(load_config(options.config_file,
