@@ -242,7 +242,9 @@ class TrackingConfig(Section):
         0.6, description="more eccentric detections are linked but not fitted: a neighbour "
         "merged into the blob pulls the centroid by µm (simulator: single cells ≤0.63 at p99)"
     )
-    min_observations: PositiveInt = Field(3, description="crops needed before deciding early")
+    min_observations: PositiveInt = Field(
+        4, description="crops needed before deciding early (3: a few more CTCs decided WBC; "
+        "see README, Evidence and decision)")
     max_crops_per_track: PositiveInt = 8
     uncertain_margin: Annotated[float, Field(ge=0, lt=0.5)] = Field(
         0.15, description="P(CTC) within this distance of the threshold: uncertain"

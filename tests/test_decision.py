@@ -169,11 +169,13 @@ def test_the_decision_thread_widens_a_pulse_up_to_a_neighbour_not_a_ctc(tmp_path
     neighbour_line = LineFit(t0, ctc_line.x0 - 6.0, 5000.0, 12, 1e-3, 0.2)
     exposure_ns = time.monotonic_ns()
     scores = {1: 0.99, 2: 0.99 if neighbour == "ctc" else 0.01}
-    for k in range(3):
+    seen = config.tracking.min_observations  # crops enough to decide early
+    for k in range(seen):
         for track_id, fit in ((2, neighbour_line), (1, ctc_line)):
             observation = Observation(track_id, k, exposure_ns, exposure_ns, None, 1.0,
                                       250.0 + 20 * k, 240.0, 11.0, 5000.0, fit,
-                                      track_id == 2, None, track_id == 1 and k == 2, crop, k)
+                                      track_id == 2, None, track_id == 1 and k == seen - 1,
+                                      crop, k)
             decider.handle(observation)
             decider.handle(Classified(observation, scores[track_id], 0, 0, 1))
     store.close()
@@ -345,7 +347,8 @@ def test_a_ctc_decided_early_whose_blob_holds_two_aims_at_the_cell_its_crops_nam
     from ctc_live.storage.store import RunStore, read_run
 
     store, sorter = RunStore(tmp_path / "run.sqlite").start(), RecordingSorter()
-    decider = Decider(Config(), store, sorter)
+    config = Config()
+    decider = Decider(config, store, sorter)
     crop = np.zeros((30, 30), np.float32)
     ends = (line(velocity=4900.0), line(velocity=5100.0))  # 48 µm apart at the sorter
     now = time.monotonic_ns()
@@ -354,13 +357,14 @@ def test_a_ctc_decided_early_whose_blob_holds_two_aims_at_the_cell_its_crops_nam
         return Observation(7, k, now, now, None, 1.0, 100.0 + 50 * k, 240.0, 11.0, 5000.0,
                            line(), False, ends, leaving, crop, crop_index, end_index=end_index)
 
-    for k in range(3):
+    seen = config.tracking.min_observations  # crops enough to decide early
+    for k in range(seen):
         decider.handle(observation := observe(k, crop=crop, crop_index=k))
         decider.handle(Classified(observation, 0.99, 0, 0, 1))
     assert decider.states[7] == "ctc"
-    decider.handle(observe(3, end_index=0))
-    decider.handle(observe(4, end_index=1, ends=ends, leaving=True))
-    decider.handle(TrackEnded(7, 4, now, now))
+    decider.handle(observe(seen, end_index=0))
+    decider.handle(observe(seen + 1, end_index=1, ends=ends, leaving=True))
+    decider.handle(TrackEnded(7, seen + 1, now, now))
     assert sorter.pulses == []  # waiting for the cells' own scores
     for index in range(2):
         for end, p in ((0, 0.02), (1, 0.98)):
