@@ -103,6 +103,47 @@ class _PulsesOnTarget:
         return len(self.pulses)
 
 
+class _Messages:
+    """What the segmentation stage sends the decision thread for each analysed frame: an
+    observation per detection, its crop's index while its track is undecided, end crops'
+    pair index while it is undecided or a CTC, and the tracks that ended."""
+
+    def __init__(self) -> None:
+        self.crops: dict[int, int] = {}  # per track, numbered as the live stage does
+        self.end_pairs: dict[int, int] = {}
+
+    def frame(self, decider: Decider, number: int, exposure_ns: int, now_ns: int, fps: float,
+              detections: list[ScoredDetection], ended: list[tuple[int, int]]) -> tuple:
+        """(messages, [(score key, P(CTC))]) for one frame."""
+        camera_time_s = number / fps
+        messages, scores = [], []
+        for d, p_crop, p_ends in detections:
+            state = decider.decision(d.track_id) or "pending"
+            scored = p_crop is not None and state == "pending"
+            crop_index = self.crops.get(d.track_id, 0)
+            end_index = -1
+            if p_ends is not None and state in ("pending", "ctc"):
+                end_index = self.end_pairs.get(d.track_id, 0)
+                self.end_pairs[d.track_id] = end_index + 1
+                scores += [(EndCrop(d.track_id, end_index, end, exposure_ns), p)
+                           for end, p in enumerate(p_ends)]
+            obs = Observation(
+                d.track_id, number, exposure_ns, now_ns, camera_time_s, camera_time_s,
+                d.x_um, d.y_um, d.diameter_um, d.velocity_um_s, d.fit, d.trusted, d.ends,
+                d.leaving, crop=_SCORED if scored else None,
+                crop_index=crop_index if scored else -1, end_index=end_index,
+            )
+            messages.append(obs)
+            if scored:
+                self.crops[d.track_id] = crop_index + 1
+                scores.append((obs, p_crop))
+        for track_id, _ in ended:
+            self.crops.pop(track_id, None)
+            self.end_pairs.pop(track_id, None)
+            messages.append(TrackEnded(track_id, number, exposure_ns, now_ns))
+        return messages, scores
+
+
 def decide_scene(config: Config, analysis: SceneAnalysis) -> dict:
     """The decision and trigger rules of ``config`` over an analysed scene: the run's
     ``truth`` figures as a live run's summary has them, and its decision counts."""
@@ -119,38 +160,13 @@ def decide_scene(config: Config, analysis: SceneAnalysis) -> dict:
     field_width_um = config.camera.width * config.camera.pixel_size_um
     decider = Decider(config, _NoStore(), sorter if config.sorter.enabled else None,
                       TruthScorer(scene, field_width_um), lossless=True, clock=clock)
-    crops: dict[int, int] = {}  # per track, as the segmentation stage numbers them
-    end_pairs: dict[int, int] = {}
+    stage = _Messages()
     exposure_ns = T0_NS
     for number, (detections, ended) in enumerate(analysis.frames):
         exposure_ns = T0_NS + round(number / fps * 1e9)
         clock.now = exposure_ns + DECIDED_AFTER_NS
-        camera_time_s = number / fps
-        messages, scores = [], []
-        for d, p_crop, p_ends in detections:
-            state = decider.decision(d.track_id) or "pending"
-            scored = p_crop is not None and state == "pending"
-            crop_index = crops.get(d.track_id, 0)
-            end_index = -1
-            if p_ends is not None and state in ("pending", "ctc"):
-                end_index = end_pairs.get(d.track_id, 0)
-                end_pairs[d.track_id] = end_index + 1
-                scores += [(EndCrop(d.track_id, end_index, end, exposure_ns), p)
-                           for end, p in enumerate(p_ends)]
-            obs = Observation(
-                d.track_id, number, exposure_ns, clock.now, camera_time_s, camera_time_s,
-                d.x_um, d.y_um, d.diameter_um, d.velocity_um_s, d.fit, d.trusted, d.ends,
-                d.leaving, crop=_SCORED if scored else None,
-                crop_index=crop_index if scored else -1, end_index=end_index,
-            )
-            messages.append(obs)
-            if scored:
-                crops[d.track_id] = crop_index + 1
-                scores.append((obs, p_crop))
-        for track_id, _ in ended:
-            crops.pop(track_id, None)
-            end_pairs.pop(track_id, None)
-            messages.append(TrackEnded(track_id, number, exposure_ns, clock.now))
+        messages, scores = stage.frame(decider, number, exposure_ns, clock.now, fps,
+                                       detections, ended)
         for message in messages:  # as live: a crop is known before its score comes back
             decider.handle(message)
         for key, p in scores:
