@@ -29,17 +29,17 @@ from ctc_live.classification.inference import Classified
 from ctc_live.config import Config
 from ctc_live.errors import CtcLiveError
 from ctc_live.pipeline.decider import Decider
-from ctc_live.pipeline.messages import EndCrop, Observation, TrackEnded
+from ctc_live.pipeline.messages import TrackEnded
 from ctc_live.pipeline.scoring import TruthScorer, score_simulated_run
-from ctc_live.pipeline.segmenting import Detection, FrameAnalyser
+from ctc_live.pipeline.segmenting import CropKeys, Detection, FrameAnalyser
 
 T0_NS = 10**12  # host time of scene time 0 (any: pulses and crossings share it)
 DECIDED_AFTER_NS = 5_000_000  # a frame's observations reach the decision after its exposure
-# The decision thread counts a crop sent for scoring by its observation's crop, not its pixels.
-_SCORED = np.zeros((1, 1), np.float32)
+# Stands in for a crop's pixels: the decision thread counts crops, it never looks at them.
+_CROP = np.zeros((1, 1), np.float32)
 
-# One analysed detection: the detection without its crops, its crop's P(CTC) (None: no crop
-# was cut) and its end crops' (None: none).
+# One analysed detection: the detection with stand-ins for its crops (``_without_pixels``),
+# its crop's P(CTC) (None: no crop was cut) and its end crops' (None: none).
 ScoredDetection = tuple[Detection, float | None, tuple[float, float] | None]
 
 
@@ -67,11 +67,18 @@ def analyse_scene(config: Config, seconds: float, classifier) -> SceneAnalysis:
         crops = [crop for d in result.detections
                  for crop in ([d.crop] if d.crop is not None else []) + list(d.end_crops or ())]
         scores = iter(classifier.predict(np.stack(crops)).tolist() if crops else ())
-        frames.append(([(d._replace(crop=None, end_crops=None),
+        frames.append(([(_without_pixels(d),
                          next(scores) if d.crop is not None else None,
                          (next(scores), next(scores)) if d.end_crops is not None else None)
                         for d in result.detections], result.ended))
     return SceneAnalysis(config.simulation.seed, fps, frames, analyser.finish())
+
+
+def _without_pixels(d: Detection) -> Detection:
+    """The detection with a stand-in for each crop it had: which crops there were decides
+    what is sent for scoring, their pixels are no longer needed."""
+    return d._replace(crop=None if d.crop is None else _CROP,
+                      end_crops=None if d.end_crops is None else (_CROP, _CROP))
 
 
 class _Clock:
@@ -103,47 +110,6 @@ class _PulsesOnTarget:
         return len(self.pulses)
 
 
-class _Messages:
-    """What the segmentation stage sends the decision thread for each analysed frame: an
-    observation per detection, its crop's index while its track is undecided, end crops'
-    pair index while it is undecided or a CTC, and the tracks that ended."""
-
-    def __init__(self) -> None:
-        self.crops: dict[int, int] = {}  # per track, numbered as the live stage does
-        self.end_pairs: dict[int, int] = {}
-
-    def frame(self, decider: Decider, number: int, exposure_ns: int, now_ns: int, fps: float,
-              detections: list[ScoredDetection], ended: list[tuple[int, int]]) -> tuple:
-        """(messages, [(score key, P(CTC))]) for one frame."""
-        camera_time_s = number / fps
-        messages, scores = [], []
-        for d, p_crop, p_ends in detections:
-            state = decider.decision(d.track_id) or "pending"
-            scored = p_crop is not None and state == "pending"
-            crop_index = self.crops.get(d.track_id, 0)
-            end_index = -1
-            if p_ends is not None and state in ("pending", "ctc"):
-                end_index = self.end_pairs.get(d.track_id, 0)
-                self.end_pairs[d.track_id] = end_index + 1
-                scores += [(EndCrop(d.track_id, end_index, end, exposure_ns), p)
-                           for end, p in enumerate(p_ends)]
-            obs = Observation(
-                d.track_id, number, exposure_ns, now_ns, camera_time_s, camera_time_s,
-                d.x_um, d.y_um, d.diameter_um, d.velocity_um_s, d.fit, d.trusted, d.ends,
-                d.leaving, crop=_SCORED if scored else None,
-                crop_index=crop_index if scored else -1, end_index=end_index,
-            )
-            messages.append(obs)
-            if scored:
-                self.crops[d.track_id] = crop_index + 1
-                scores.append((obs, p_crop))
-        for track_id, _ in ended:
-            self.crops.pop(track_id, None)
-            self.end_pairs.pop(track_id, None)
-            messages.append(TrackEnded(track_id, number, exposure_ns, now_ns))
-        return messages, scores
-
-
 def decide_scene(config: Config, analysis: SceneAnalysis) -> dict:
     """The decision and trigger rules of ``config`` over an analysed scene: the run's
     ``truth`` figures as a live run's summary has them, and its decision counts."""
@@ -160,13 +126,22 @@ def decide_scene(config: Config, analysis: SceneAnalysis) -> dict:
     field_width_um = config.camera.width * config.camera.pixel_size_um
     decider = Decider(config, _NoStore(), sorter if config.sorter.enabled else None,
                       TruthScorer(scene, field_width_um), lossless=True, clock=clock)
-    stage = _Messages()
+    keys = CropKeys()
     exposure_ns = T0_NS
     for number, (detections, ended) in enumerate(analysis.frames):
         exposure_ns = T0_NS + round(number / fps * 1e9)
         clock.now = exposure_ns + DECIDED_AFTER_NS
-        messages, scores = stage.frame(decider, number, exposure_ns, clock.now, fps,
-                                       detections, ended)
+        messages, scores = [], []
+        for d, p_crop, p_ends in detections:
+            obs, end_keys = keys.observe(d, decider.states.get(d.track_id, "pending"), number,
+                                         exposure_ns, clock.now, number / fps, number / fps)
+            messages.append(obs)
+            scores += zip(end_keys, p_ends or ())
+            if obs.crop is not None:
+                scores.append((obs, p_crop))
+        for track_id, _ in ended:
+            keys.ended(track_id)
+            messages.append(TrackEnded(track_id, number, exposure_ns, clock.now))
         for message in messages:  # as live: a crop is known before its score comes back
             decider.handle(message)
         for key, p in scores:

@@ -235,6 +235,50 @@ def analysis_loop(config_data: dict, segmenter, ring: RingSpec, results) -> None
         frames.close()
 
 
+class CropKeys:
+    """How the decision thread knows a track's crops: its k-th crop sent for scoring and its
+    k-th pair of end crops (``Observation.crop_index``, ``EndCrop.index``). A track sends
+    crops while undecided (a decided cell's would only load the classifier), and end crops
+    also once decided CTC: its blob may still turn out to hold two cells, and its pulse then
+    aims at the one their own crops call a CTC (``Decider._fire_when_seen_out``). Shared by
+    this stage and the offline decision path
+    (:mod:`ctc_live.pipeline.offline`), so that both number crops alike."""
+
+    def __init__(self) -> None:
+        self.crops: dict[int, int] = {}  # track id → crops sent so far
+        self.end_pairs: dict[int, int] = {}
+
+    def observe(self, d: Detection, state: str, number: int, exposure_ns: int,
+                segmented_ns: int, scene_time_s: float | None, camera_time_s: float
+                ) -> tuple[Observation, list[EndCrop]]:
+        """The detection's observation (its crop kept only if it is to be scored) and the
+        keys of its end crops to score (none, or ends 0 and 1); ``state``: its track's
+        decision so far (pending | ctc | wbc | uncertain)."""
+        pending = state == "pending"
+        scored = d.crop is not None and pending
+        crop_index = self.crops.get(d.track_id, 0)
+        if scored:
+            self.crops[d.track_id] = crop_index + 1
+        end_keys = []
+        if d.end_crops is not None and (pending or state == "ctc"):
+            end_index = self.end_pairs.get(d.track_id, 0)
+            self.end_pairs[d.track_id] = end_index + 1
+            end_keys = [EndCrop(d.track_id, end_index, end, exposure_ns) for end in (0, 1)]
+        obs = Observation(
+            d.track_id, number, exposure_ns, segmented_ns, scene_time_s, camera_time_s,
+            d.x_um, d.y_um, d.diameter_um, d.velocity_um_s, d.fit, d.trusted, d.ends,
+            d.leaving,
+            crop=d.crop if scored else None,
+            crop_index=crop_index if scored else -1,
+            end_index=end_keys[0].index if end_keys else -1,
+        )
+        return obs, end_keys
+
+    def ended(self, track_id: int) -> None:
+        self.crops.pop(track_id, None)
+        self.end_pairs.pop(track_id, None)
+
+
 class SegmentationStage:
     """Runs the analysis process and, in a thread here, passes its results on.
 
@@ -267,8 +311,7 @@ class SegmentationStage:
         self.first_frame = None
         self.error: str | None = None
         self.failed_frames = 0  # taken after (or by) a failure, never processed
-        self._crops: dict[int, int] = {}
-        self._end_pairs: dict[int, int] = {}
+        self._keys = CropKeys()
         cam = config.camera
         ctx = mp.get_context("spawn")  # never fork a process that runs threads
         self.frames = FrameQueue(FrameWriter(ctx, (cam.height, cam.width),
@@ -368,31 +411,14 @@ class SegmentationStage:
         messages, to_score, end_crops, views = [], [], [], []
         states = self.decider.states
         for d in result.detections:
-            # A decided cell needs no more evidence: its crops would only load the classifier.
-            # A CTC's blob may still turn out to hold two cells: its pulse then aims at the
-            # one its own crops call a CTC (Decider._fire_when_seen_out).
-            state = states.get(d.track_id, "pending")
-            pending = state == "pending"
-            crop_index = self._crops.get(d.track_id, 0)
-            scored = d.crop is not None and pending
-            end_index = -1
-            if d.end_crops is not None and (pending or state == "ctc"):
-                end_index = self._end_pairs.get(d.track_id, 0)
-                self._end_pairs[d.track_id] = end_index + 1
-                end_crops += [(EndCrop(d.track_id, end_index, end, frame.exposure_ns), crop)
-                              for end, crop in enumerate(d.end_crops)]
-            obs = Observation(
-                d.track_id, frame.number, frame.exposure_ns, segmented_ns, frame.scene_time_s,
-                frame.camera_time_ms / 1000, d.x_um, d.y_um, d.diameter_um, d.velocity_um_s,
-                d.fit, d.trusted, d.ends, d.leaving,
-                crop=d.crop if scored else None,
-                crop_index=crop_index if scored else -1,
-                end_index=end_index,
-            )
+            obs, end_keys = self._keys.observe(
+                d, states.get(d.track_id, "pending"), frame.number, frame.exposure_ns,
+                segmented_ns, frame.scene_time_s, frame.camera_time_ms / 1000)
+            if end_keys:
+                end_crops += zip(end_keys, d.end_crops)
             messages.append(obs)
-            if scored:
-                self._crops[d.track_id] = crop_index + 1
-                if crop_index < self.first_crops or self._wants_all(d.track_id):
+            if obs.crop is not None:
+                if obs.crop_index < self.first_crops or self._wants_all(d.track_id):
                     to_score.append(obs)
                 else:
                     self._held.setdefault(d.track_id, []).append(obs)
@@ -400,8 +426,7 @@ class SegmentationStage:
             views.append(CellView(d.track_id, d.x_px, d.y_px, (by, bx, by + bh, bx + bw),
                                   "pending", None))
         for track_id, _ in result.ended:
-            self._crops.pop(track_id, None)
-            self._end_pairs.pop(track_id, None)
+            self._keys.ended(track_id)
             messages.append(TrackEnded(track_id, frame.number, frame.exposure_ns, segmented_ns))
         # One message per frame (each put wakes the decision thread); it must learn of a
         # crop before the crop's score can arrive.
@@ -437,7 +462,7 @@ class SegmentationStage:
             elif self._wants_all(track_id):
                 release += self._held.pop(track_id)
         self._needs_all = {t for t in self._needs_all
-                           if t in self._crops or t in self.decider.states}
+                           if t in self._keys.crops or t in self.decider.states}
         return release
 
     def _submit(self, crops: list[tuple[Observation | EndCrop, np.ndarray]]) -> None:
