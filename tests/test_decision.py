@@ -281,27 +281,32 @@ def test_a_blob_of_two_cells_is_decided_on_each_cells_crops_when_it_leaves():
     ev.two_cells_early = True  # end crops came with its first crops
     assert ev.evidence_for_decision(3, 0.5, 0.15) is None  # not before its ends' lines tell
     ev.fit, ev.ends, ev.end_pairs = line(), (line(velocity=4900.0), line(velocity=5100.0)), 2
-    assert not ev.two_cells(1500)
+    assert not ev.two_cells()
     ev.freeze()
-    assert ev.two_cells(1500)
+    assert ev.two_cells()
     ev.end_scores = {(0, 0): 0.9, (0, 1): 0.2, (1, 1): 0.1}
     assert ev.end_evidence() is None  # the rear crop of pair 1 is still to come
     ev.ends_dropped.add((1, 0))
     assert ev.end_evidence() == ([0.9], [0.2, 0.1])
     ev.end_scores[2, 0] = 0.99  # sent after it began to leave: does not count
     assert ev.end_evidence() == ([0.9], [0.2, 0.1])
-    # One cell: its ends' lines cross together, and its own crops decide.
+    # Two cells one behind the other at one speed: their lines cross together, still two.
     ev.ends = (line(), line())
-    assert not ev.two_cells(1500)
+    assert ev.two_cells()
+    # Never long enough to hold two in enough frames (no lines): its own crops decide.
+    ev.ends = None
+    assert not ev.two_cells()
     assert ev.evidence_for_decision(3, 0.5, 0.15) == [0.1, 0.1, 0.1]
 
 
 @pytest.mark.parametrize(("ends_velocity", "decision", "p_ctc"),
-                         [((4900.0, 5100.0), "ctc", 0.95), ((5000.0, 5000.0), "wbc", 0.1)])
+                         [((4900.0, 5100.0), "ctc", 0.95), ((5000.0, 5000.0), "ctc", 0.95),
+                          (None, "wbc", 0.1)])
 def test_the_decision_thread_decides_a_blob_of_two_on_its_cells(tmp_path, ends_velocity,
                                                                    decision, p_ctc):
     """The blob's own crops say WBC; its rear cell's crops say CTC. Two cells (their lines
-    part on the way to the sorter): a CTC. One cell: its own crops decide, a WBC."""
+    part on the way to the sorter, or cross it together): a CTC. Never two cells' lines
+    (too few frames looked like two): its own crops decide, a WBC."""
     from ctc_live.classification.inference import Classified
     from ctc_live.config import Config
     from ctc_live.pipeline.decider import Decider
@@ -311,7 +316,7 @@ def test_the_decision_thread_decides_a_blob_of_two_on_its_cells(tmp_path, ends_v
     store = RunStore(tmp_path / "run.sqlite").start()
     decider = Decider(Config(), store)
     crop = np.zeros((30, 30), np.float32)
-    ends = tuple(line(velocity=v) for v in ends_velocity)
+    ends = ends_velocity and tuple(line(velocity=v) for v in ends_velocity)
     for k in range(4):
         leaving = k == 3
         decider.handle(Observation(

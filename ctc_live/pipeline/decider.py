@@ -211,7 +211,7 @@ class Decider:
         tracking = self.config.tracking
         decided = self.states.get(ev.track_id, "pending") != "pending"
         if not decided and ev.n_obs >= tracking.min_track_length:
-            if ev.two_cells(self.config.sorter.sort_distance_um):
+            if ev.two_cells():
                 decided = self._decide_two_cells(ev)
             else:
                 scores = ev.evidence_for_decision(
@@ -241,8 +241,7 @@ class Decider:
         call neither (or, ``timed_out``, never came)."""
         if not (ev.fire_pending and ev.frozen_crops is not None):
             return
-        if (not ev.aim and ev.frozen_end_pairs
-                and ev.holds_two(self.config.sorter.sort_distance_um)):
+        if not ev.aim and ev.frozen_end_pairs and ev.holds_two():
             p_ends = ev.end_p_ctc()
             if p_ends is None and not timed_out:
                 return
