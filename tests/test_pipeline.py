@@ -19,7 +19,6 @@ from ctc_live.cli.report import summarise_store
 from ctc_live.config import load_config
 from ctc_live.errors import CtcLiveError
 from ctc_live.pipeline import Pipeline
-from ctc_live.pipeline.decision import COINCIDENT_APART_UM
 from ctc_live.pipeline.summary import status_line
 from ctc_live.storage import read_run
 
@@ -95,7 +94,7 @@ def test_short_simulated_run_end_to_end(tmp_path, capsys):
     assert all(p["apart_um"] >= 0 for p in data["pulses"])
     assert summarise_store(tmp_path)["pulses_coincident"] == summary["pulses"]["coincident"]
     assert {p["aim"] for p in data["pulses"]} <= {"", "rear", "front", "both"}
-    assert all(p["apart_um"] > COINCIDENT_APART_UM for p in data["pulses"] if p["aim"])
+    assert all(p["apart_um"] > 0 for p in data["pulses"] if p["aim"])
     assert summarise_store(tmp_path)["pulses_aimed"] == summary["pulses"]["aimed"]
     assert data["run"]["status"] == "finished"
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
@@ -103,11 +102,18 @@ def test_short_simulated_run_end_to_end(tmp_path, capsys):
     memory = summary["memory_mb"]
     assert 50 < memory["first"] <= memory["max"] and memory["last"] <= memory["max"]
     assert [f["rss_mb"] for f in data["frames"] if f["rss_mb"]][-1] == memory["last"]
+    # The cores each process kept busy: the stages' processes are there by name.
+    cpu = summary["cpu"]
+    assert set(cpu["busy"]) == {"main", "scene-renderer", "segmentation"}
+    assert all(busy > 0.01 for busy in cpu["busy"].values())
+    assert cpu["total"] == pytest.approx(sum(cpu["busy"].values()), abs=0.01)
     # The report shows where the latency went, stage by stage.
     capsys.readouterr()
     assert main(["report", str(tmp_path)]) == 0
     camera = summary["latency_ms"]["acquisition"]
-    assert f"acquisition {camera['p50']:.1f} / {camera['p99']:.1f}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"acquisition {camera['p50']:.1f} / {camera['p99']:.1f}" in out
+    assert f"segmentation {cpu['busy']['segmentation']:.2f}" in out
 
 
 class SlowClassifier:

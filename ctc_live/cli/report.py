@@ -81,8 +81,9 @@ def report_command(args: argparse.Namespace) -> int:
     print(f"  cells: {report['cells']}")
     coincident = ""
     if report["pulses"]:
-        coincident = (f" ({report['pulses_coincident']} on blobs of two cells, "
-                      f"{report['pulses_aimed']} told apart by their own crops)")
+        coincident = (f" ({report['pulses_coincident']} on blobs of two cells parting by "
+                      f"the sorter, {report['pulses_aimed']} aimed at a cell its own crops "
+                      "named)")
     print(f"  pulses: {report['pulses'] or 'none'}{coincident}")
     if report["latency_ms_end_to_end"]:
         print(f"  end-to-end latency ms: {report['latency_ms_end_to_end']}")
@@ -90,6 +91,10 @@ def report_command(args: argparse.Namespace) -> int:
         print("  latency ms by stage (p50 / p99): " + ", ".join(
             f"{stage} {_ms(h['p50'])} / {_ms(h['p99'])}"
             for stage, h in report["summary"]["latency_ms"].items()))
+        if cpu := report["summary"].get("cpu"):
+            print(f"  cores busy (of {cpu['cores']}): " + ", ".join(
+                f"{name} {busy:.2f}" for name, busy in cpu["busy"].items())
+                + f"; total {cpu['total']:.2f}")
     if report["memory_mb"]:
         m = report["memory_mb"]
         print(f"  memory MB (resident, once a second): first {m['first']:.0f}, "

@@ -42,7 +42,7 @@ from ctc_live.pipeline.snapshot import (
     Start,
     Stop,
 )
-from ctc_live.pipeline.stats import LatencyHistogram, MemoryMeter
+from ctc_live.pipeline.stats import CpuMeter, LatencyHistogram, MemoryMeter
 from ctc_live.storage import RunStore
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class Pipeline:
         self.camera = None
         self.segmentation = None
         self.memory = MemoryMeter()
+        self.cpu = CpuMeter()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -265,6 +266,8 @@ class Pipeline:
             # Once stopping, the stages' processes end one by one: no memory sample.
             "rss_mb": None if self._stopping.is_set() else self.memory.sample(),
         })
+        if not self._stopping.is_set():
+            self.cpu.sample()
 
     # -- views --------------------------------------------------------------------------------
 

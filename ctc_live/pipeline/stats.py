@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import multiprocessing
 import os
+import time
 
 import numpy as np
 
@@ -94,6 +95,61 @@ class MemoryMeter:
             return None
         return {"first": s[0], "last": s[-1], "max": max(s),
                 "second_half_growth": round(s[-1] - s[len(s) // 2], 1)}
+
+
+class CpuMeter:
+    """CPU time of this process and of each child process (by name: scene-renderer,
+    segmentation, dashboard), sampled by the run's monitor once a second. ``summary`` is
+    each one's cores kept busy between the first sample and the last: on a machine with
+    few cores, the run's drops and latency tails come from there, and this says which
+    stage took the time. A child's CPU is read from /proc (none elsewhere)."""
+
+    def __init__(self) -> None:
+        self.first: tuple[int, dict[str, float]] | None = None  # (monotonic ns, CPU s by name)
+        self.last: tuple[int, dict[str, float]] | None = None
+
+    def sample(self) -> None:
+        now, seconds = time.monotonic_ns(), cpu_seconds()
+        if seconds is None:
+            return
+        if self.first is None:
+            self.first = (now, seconds)
+        self.last = (now, seconds)
+
+    def summary(self) -> dict | None:
+        """Cores busy per process (CPU seconds / wall seconds), their total, and the
+        machine's core count; None before two samples a second apart."""
+        if self.first is None or self.last[0] - self.first[0] < 1e9:
+            return None
+        wall_s = (self.last[0] - self.first[0]) / 1e9
+        busy = {name: round((cpu - self.first[1][name]) / wall_s, 3)
+                for name, cpu in self.last[1].items() if name in self.first[1]}
+        return {"cores": os.cpu_count(), "busy": busy, "total": round(sum(busy.values()), 3)}
+
+
+def cpu_seconds() -> dict[str, float] | None:
+    """CPU seconds (user + system) of this process ("main") and of each live child process,
+    by its name; only this process's where there is no /proc. None while another thread
+    starts a process."""
+    times = os.times()
+    seconds = {"main": times.user + times.system}
+    if not os.path.exists("/proc/self/stat"):
+        return seconds
+    try:
+        children = multiprocessing.active_children()
+    except RuntimeError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    for child in children:
+        try:
+            with open(f"/proc/{child.pid}/stat") as f:
+                # After the name in parentheses (which may hold spaces): utime is the 12th
+                # field, stime the 13th.
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended since it was listed
+            continue
+        seconds[child.name] = (int(fields[11]) + int(fields[12])) / tick
+    return seconds
 
 
 def resident_mb() -> float | None:

@@ -38,6 +38,7 @@ def build_summary(pipeline) -> dict:
         },
         "deadline_ms": pipeline.config.pipeline.deadline_ms,
         "memory_mb": pipeline.memory.summary(),
+        "cpu": pipeline.cpu.summary(),
         "camera_error": None if acq.error is None else str(acq.error),
         "segmentation_error": seg.error,
     }
