@@ -99,7 +99,7 @@ class MemoryMeter:
 
 class CpuMeter:
     """CPU time of this process and of each child process (by name: scene-renderer,
-    segmentation, dashboard), sampled by the run's monitor once a second. ``summary`` is
+    segmentation, ctc-live-dashboard), sampled by the run's monitor once a second. ``summary`` is
     each one's cores kept busy between the first sample and the last: on a machine with
     few cores, the run's drops and latency tails come from there, and this says which
     stage took the time. A child's CPU is read from /proc (none elsewhere)."""
@@ -123,7 +123,9 @@ class CpuMeter:
             return None
         wall_s = (self.last[0] - self.first[0]) / 1e9
         busy = {name: round((cpu - self.first[1][name]) / wall_s, 3)
-                for name, cpu in self.last[1].items() if name in self.first[1]}
+                for name, cpu in sorted(self.last[1].items(),
+                                        key=lambda item: (item[0] != "main", item[0]))
+                if name in self.first[1]}
         return {"cores": os.cpu_count(), "busy": busy, "total": round(sum(busy.values()), 3)}
 
 
