@@ -213,9 +213,10 @@ def plan_pulse(
     A blob of two cells (``ends``: see ``Evidence.holds_two``) whose cells were told apart
     by their own crops gets its pulse on the line of the cell decided CTC (``aim``: 0 or 1,
     in the order of ``Track.ends``; a cell's line in a blob is never trusted), widened as
-    above up to the other cell's window, or, both CTCs, from the first crossing to the last. Offline (three 60 s scenes, pairs at any orientation), widening
-    the aimed pulse: recovery 0.892 / 0.942 / 0.925 → 0.915 / 0.948 / 0.932, purity 0.920 /
-    0.927 / 0.931 → 0.918 / 0.925 / 0.925. Not told apart, it gets one on the centroid, or with
+    above up to the other cell's window, or, both CTCs, from the first crossing to the last.
+    Offline (three 60 s scenes, pairs at any orientation), widening the aimed pulse: recovery
+    0.892 / 0.942 / 0.925 → 0.915 / 0.948 / 0.932, purity 0.920 / 0.927 / 0.931 → 0.918 /
+    0.925 / 0.925. Not told apart, it gets one on the centroid, or with
     ``sorter.coincidence: span`` one from the first of its cells' crossings to the last.
     A pulse over two crossings is at most ``span_max_um`` long, centred on the centroid's.
     """

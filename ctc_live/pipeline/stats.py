@@ -99,10 +99,10 @@ class MemoryMeter:
 
 class CpuMeter:
     """CPU time of this process and of each child process (by name: scene-renderer,
-    segmentation, ctc-live-dashboard), sampled by the run's monitor once a second. ``summary`` is
-    each one's cores kept busy between the first sample and the last: on a machine with
-    few cores, the run's drops and latency tails come from there, and this says which
-    stage took the time. A child's CPU is read from /proc (none elsewhere)."""
+    segmentation, ctc-live-dashboard), sampled by the run's monitor once a second.
+    ``summary`` is the cores each one kept busy between the first sample and the last: on
+    a machine with few cores the run's drops and latency tails come from there, and this
+    says which stage took the time. A child's CPU is read from /proc (none elsewhere)."""
 
     def __init__(self) -> None:
         self.first: tuple[int, dict[str, float]] | None = None  # (monotonic ns, CPU s by name)
@@ -145,8 +145,8 @@ def cpu_seconds() -> dict[str, float] | None:
     for child in children:
         try:
             with open(f"/proc/{child.pid}/stat") as f:
-                # After the name in parentheses (which may hold spaces): utime is the 12th
-                # field, stime the 13th.
+                # After the name in parentheses (which may hold spaces), utime and stime
+                # are the 12th and 13th fields.
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:  # ended since it was listed
             continue
