@@ -249,3 +249,34 @@ def test_start_after_stop_begins_a_new_run(tmp_path):
         assert read_run(run.run_dir)["run"]["status"] == "finished"
     # The first run was written once and left alone.
     assert summaries[0] == first.summary
+
+
+def _burn(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="child CPU is read from /proc")
+def test_cpu_meter_names_the_process_that_kept_a_core_busy():
+    import multiprocessing
+
+    from ctc_live.pipeline.stats import CpuMeter
+
+    meter = CpuMeter()
+    burner = multiprocessing.get_context("spawn").Process(target=_burn, args=(3.0,),
+                                                          name="burner")
+    burner.start()
+    try:
+        time.sleep(0.5)  # the child is running, past its start-up
+        meter.sample()
+        assert meter.summary() is None  # one sample: no interval yet
+        time.sleep(1.5)
+        meter.sample()
+        cpu = meter.summary()
+    finally:
+        burner.join()
+    assert list(cpu["busy"]) == ["main", "burner"]
+    assert cpu["busy"]["burner"] > 0.3 > cpu["busy"]["main"]  # this process slept
+    assert cpu["total"] == pytest.approx(cpu["busy"]["main"] + cpu["busy"]["burner"], abs=0.002)
+    assert cpu["cores"] == os.cpu_count()
