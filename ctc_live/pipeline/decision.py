@@ -138,8 +138,7 @@ class Evidence:
         crops wherever there are lines: recovery 0.9360 → 0.9397, purity 0.9300 → 0.9330;
         CTCs with no track of their own (a WBC's blob) 49 → 44. Aiming those whose lines
         cross within 6 µm at the centroid instead of the CTC's line: 0.9373 / 0.9290."""
-        return (self.fit is not None and self.ends is not None
-                and min(self.fit.velocity, self.ends[0].velocity, self.ends[1].velocity) > 0)
+        return self.fit is not None and _downstream(self.fit, self.ends)
 
     def end_evidence(self) -> tuple[list[float], list[float]] | None:
         """The two cells' crop scores (``Track.ends``' order) sent before the blob began to
@@ -162,9 +161,15 @@ def ends_apart_um(fit: LineFit, ends: tuple[LineFit, LineFit] | None,
                   distance_um: float) -> float:
     """How far apart (µm of travel) the lines of a blob's two cells (``Track.ends``)
     cross the sorter's line: a few tenths for one cell, more for two overlapping cells."""
-    if ends is None or min(fit.velocity, ends[0].velocity, ends[1].velocity) <= 0:
+    if not _downstream(fit, ends):
         return 0.0
     return abs(ends[0].t_at(distance_um) - ends[1].t_at(distance_um)) * fit.velocity
+
+
+def _downstream(fit: LineFit, ends: tuple[LineFit, LineFit] | None) -> bool:
+    """Whether the blob has its two cells' lines, and they and its centroid's run
+    downstream (a line fitted to a few frames can run backwards)."""
+    return ends is not None and min(fit.velocity, ends[0].velocity, ends[1].velocity) > 0
 
 
 # Blobs whose cell lines cross the sorter further apart than this hold two cells. Measured on

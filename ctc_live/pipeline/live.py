@@ -254,6 +254,8 @@ class Pipeline:
 
     def _sample(self) -> None:
         now = time.monotonic_ns()
+        # Once stopping, the stages' processes end one by one: no memory or CPU sample.
+        stopping = self._stopping.is_set()
         for meter in (self.segmentation.processed, self.decider.cell_rate, self.decider.ctc_rate):
             meter.tick(now)
         self.store.put("frames", {
@@ -263,10 +265,9 @@ class Pipeline:
             "processed": self.segmentation.processed.total,
             "dropped": self.dropped(),
             "fps": self.segmentation.processed.rate,
-            # Once stopping, the stages' processes end one by one: no memory sample.
-            "rss_mb": None if self._stopping.is_set() else self.memory.sample(),
+            "rss_mb": None if stopping else self.memory.sample(),
         })
-        if not self._stopping.is_set():
+        if not stopping:
             self.cpu.sample()
 
     # -- views --------------------------------------------------------------------------------

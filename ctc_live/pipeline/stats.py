@@ -133,40 +133,42 @@ def cpu_seconds() -> dict[str, float] | None:
     """CPU seconds (user + system) of this process ("main") and of each live child process,
     by its name; only this process's where there is no /proc. None while another thread
     starts a process."""
-    times = os.times()
-    seconds = {"main": times.user + times.system}
     if not os.path.exists("/proc/self/stat"):
-        return seconds
-    try:
-        children = multiprocessing.active_children()
-    except RuntimeError:
+        times = os.times()
+        return {"main": times.user + times.system}
+    stats = _proc_files("stat")
+    if stats is None:
         return None
     tick = os.sysconf("SC_CLK_TCK")
-    for child in children:
-        try:
-            with open(f"/proc/{child.pid}/stat") as f:
-                # After the name in parentheses (which may hold spaces), utime and stime
-                # are the 12th and 13th fields.
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # ended since it was listed
-            continue
-        seconds[child.name] = (int(fields[11]) + int(fields[12])) / tick
-    return seconds
+    # After the name in parentheses (which may hold spaces), utime and stime are the 12th
+    # and 13th fields.
+    fields = [(name, text.rsplit(")", 1)[1].split()) for name, text in stats]
+    return {name: (int(f[11]) + int(f[12])) / tick for name, f in fields}
 
 
 def resident_mb() -> float | None:
     if not os.path.exists("/proc/self/statm"):  # not Linux
         return None
-    try:
-        children = [p.pid for p in multiprocessing.active_children()]
-    except RuntimeError:  # another thread started a process meanwhile: no sample this time
+    statm = _proc_files("statm")
+    if statm is None:
         return None
-    page_mb = os.sysconf("SC_PAGE_SIZE") / 1e6
-    pages = 0
-    for pid in [os.getpid(), *children]:
+    pages = sum(int(text.split()[1]) for _, text in statm)
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 1e6, 1)
+
+
+def _proc_files(file: str) -> list[tuple[str, str]] | None:
+    """(process name, text of /proc/PID/``file``) for this process ("main") and each live
+    child process; None while another thread starts a process (no sample this time). A
+    child that ended since it was listed is left out."""
+    try:
+        children = [(child.name, child.pid) for child in multiprocessing.active_children()]
+    except RuntimeError:
+        return None
+    texts = []
+    for process, pid in [("main", os.getpid()), *children]:
         try:
-            with open(f"/proc/{pid}/statm") as f:
-                pages += int(f.read().split()[1])
-        except OSError:  # a child that ended since it was listed holds no memory
-            pass
-    return round(pages * page_mb, 1)
+            with open(f"/proc/{pid}/{file}") as f:
+                texts.append((process, f.read()))
+        except OSError:
+            continue
+    return texts
