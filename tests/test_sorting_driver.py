@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import subprocess
 import sys
+import threading
 import time
+import tty
 
 import numpy as np
 import pytest
@@ -95,6 +98,48 @@ def test_clock_model_takes_the_hosts_wake_up_off_the_return_trip():
 def test_the_link_times_its_readers_wake_ups(link):
     time.sleep(0.5)  # 10 probes at the default 50 ms
     assert 0 < link.status()["reader_wake_us"] < 20_000
+
+
+def test_a_reply_in_pieces_is_timed_by_its_first_piece():
+    """A controller that sends each PONG in two pieces 5 ms apart (a USB packet boundary, a
+    slow line): the PONG's clock reading left with its first piece, so the link times the
+    line from then. Timed from its last piece, the offset would be 2.5 ms early."""
+    offset_us, gap_s = 10_000_000, 0.005
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+
+    def controller():
+        buf = b""
+        while not stop.is_set():
+            if not select.select([master], [], [], 0.05)[0]:
+                continue
+            buf += os.read(master, 4096)
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                words = line.decode().split()
+                if words[:1] == ["INFO"]:
+                    os.write(master, b"INFO proto=1 fw=pieces max_width_us=5000 max_pending=16\n")
+                elif words[:1] == ["DISARM"]:
+                    os.write(master, b"OK DISARM\n")
+                elif words[:1] == ["PING"]:
+                    t = time.monotonic_ns() // 1000 + offset_us
+                    os.write(master, f"PONG {words[1]} ".encode())
+                    time.sleep(gap_s)
+                    os.write(master, f"{t}\n".encode())
+
+    thread = threading.Thread(target=controller, daemon=True)
+    thread.start()
+    link = SorterLink(os.ttyname(slave), reply_timeout_s=0.5).open()
+    try:
+        now = time.monotonic_ns()
+        assert abs(link.to_controller_us(now) - (now // 1000 + offset_us)) < 500
+    finally:
+        link.close()
+        stop.set()
+        thread.join()
+        os.close(master)
+        os.close(slave)
 
 
 def test_pulses_land_on_target_in_host_time(link):

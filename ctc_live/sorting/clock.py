@@ -9,7 +9,8 @@ even the lowest-round-trip one. The offset comes from the exchanges of the last 
 straight-line fit through each second's intersection once they span long enough to tell a
 rate from noise.
 
-A PONG is stamped when the host's reader thread wakes for it, a PING before it is written:
+A PONG is stamped when the host's reader thread wakes for its first bytes (its clock
+reading left with them; a line can come in pieces), a PING before it is written:
 only the return trip includes the host's wake-up, so even the fastest return is slower than
 the fastest outbound trip, and the offset's midpoint came out late. The link times its
 reader's wake-ups (``add_receive_delay``) and the model takes a fast one (the 10th

@@ -418,7 +418,8 @@ class SorterLink:
         """Interrupt the reader's wait (pyserial's cancel_read) to time how late it wakes.
 
         The clock sync bounds the controller's time between a PING's send, stamped before
-        the write, and its PONG's receipt, stamped after the reader thread wakes: only the
+        the write, and its PONG's receipt, stamped after the reader thread wakes for the
+        PONG's first bytes: only the
         return trip includes a wake-up (and the interpreter lock), which made the fastest
         return trip slower than the fastest outbound one and every pulse early (by 50 µs on
         median on the simulated rig). The clock model takes that wake-up out again.
@@ -480,6 +481,10 @@ class SorterLink:
 
     def _read_loop(self, ser: serial.Serial, gen: int) -> None:
         buf = bytearray()
+        # When the first bytes of the line in buf arrived: a reply's clock reading left
+        # with them. pyserial's read wakes for one byte and the rest comes a read later,
+        # on a loaded host up to a thread switch later (PONGs timed 40 µs late at p10).
+        started = 0
         while True:
             with self._lock:
                 if gen != self._gen or self._closed:
@@ -494,6 +499,8 @@ class SorterLink:
             if not data:
                 self._probe_answered(now)
                 continue
+            if not buf:
+                started = now
             buf += data
             *lines, rest = buf.split(b"\n")
             buf = bytearray(rest)
@@ -502,7 +509,8 @@ class SorterLink:
                 if text:
                     with self._lock:
                         if gen == self._gen:
-                            self._dispatch(text, now)
+                            self._dispatch(text, started)
+                started = now
 
     def _dispatch(self, line: str, now: int) -> None:
         try:
