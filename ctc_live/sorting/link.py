@@ -419,10 +419,10 @@ class SorterLink:
 
         The clock sync bounds the controller's time between a PING's send, stamped before
         the write, and its PONG's receipt, stamped after the reader thread wakes for the
-        PONG's first bytes: only the
-        return trip includes a wake-up (and the interpreter lock), which made the fastest
-        return trip slower than the fastest outbound one and every pulse early (by 50 µs on
-        median on the simulated rig). The clock model takes that wake-up out again.
+        PONG's first bytes: only the return trip includes a wake-up (and the interpreter
+        lock), which made the fastest return trip slower than the fastest outbound one and
+        every pulse early (by 50 µs on median on the simulated rig). The clock model takes
+        that wake-up out again.
         """
         with self._lock:
             ser = self._ser
@@ -512,7 +512,7 @@ class SorterLink:
                             self._dispatch(text, started)
                 started = now
 
-    def _dispatch(self, line: str, now: int) -> None:
+    def _dispatch(self, line: str, arrived_ns: int) -> None:
         try:
             reply = p.parse_reply(line)
         except p.ProtocolError as exc:
@@ -524,8 +524,8 @@ class SorterLink:
         if kind == "PONG":
             sent = self._pings.pop(reply.host_us, None)
             if sent is not None:
-                self._clock.add(SyncSample(sent, now, reply.t))
-                self._last_pong_ns = now
+                self._clock.add(SyncSample(sent, arrived_ns, reply.t))
+                self._last_pong_ns = arrived_ns
         elif kind == "ACK":
             if (pulse := self._by_wire.get(reply.id)) is not None:
                 pulse.acked = True
