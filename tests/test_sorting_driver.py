@@ -18,6 +18,7 @@ import pytest
 from ctc_live.cli import main
 from ctc_live.config import EmulatorConfig, SorterConfig
 from ctc_live.errors import CtcLiveError
+from ctc_live.sorting import protocol as p
 from ctc_live.sorting.clock import ClockModel, SyncSample
 from ctc_live.sorting.emulator import SorterEmulator
 from ctc_live.sorting.link import SorterLink, open_sorter
@@ -110,14 +111,12 @@ def test_a_reply_in_pieces_is_timed_by_its_first_piece():
     stop = threading.Event()
 
     def controller():
-        buf = b""
+        assembler = p.LineAssembler()
         while not stop.is_set():
             if not select.select([master], [], [], 0.05)[0]:
                 continue
-            buf += os.read(master, 4096)
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                words = line.decode().split()
+            for line in assembler.feed(os.read(master, 4096)):
+                words = (line or "").split()
                 if words[:1] == ["INFO"]:
                     os.write(master, b"INFO proto=1 fw=pieces max_width_us=5000 max_pending=16\n")
                 elif words[:1] == ["DISARM"]:
