@@ -308,6 +308,17 @@ def test_a_lone_crop_waits_no_longer_than_max_wait(tmp_path):
     assert (r.done_ns - r.submitted_ns) / 1e6 < 2000  # closed by the wait, not by a full batch
 
 
+def test_the_batch_window_defaults_by_the_classifier_device(tmp_path):
+    """Unset, the window is long on the CPU (each call's CPU is scarce) and short on a GPU
+    (a call costs the host little, and the window is latency)."""
+    _, path = _compact_model(tmp_path)
+    clf = load_classifier(path, device="cpu")
+    assert BatchClassifier(clf).max_wait_ns == 10_000_000
+    assert BatchClassifier(clf, max_wait_ms=0.5).max_wait_ns == 500_000
+    clf.device = torch.device("cuda")  # only the window is looked at: no GPU needed
+    assert BatchClassifier(clf).max_wait_ns == 2_000_000
+
+
 def test_flush_closes_the_batch_without_waiting_out_its_window(tmp_path):
     stage = _lone_crop_stage(tmp_path, max_wait_ms=3000.0)
     try:

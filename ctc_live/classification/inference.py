@@ -163,11 +163,18 @@ class BatchStats:
     batch_ns: list[int] = field(default_factory=list)
 
 
+# The batch window by the classifier's device. On the CPU each network call costs 1-2 ms of
+# CPU beyond its crops, scarce on the 2-core rig at 200 fps; on a GPU it costs the host
+# little, and the shorter window is latency saved (docs/measurements.md, stop 28).
+DEFAULT_WAIT_MS = {"cpu": 10.0, "cuda": 2.0}
+
+
 class BatchClassifier:
     """A thread that batches crops from many frames and classifies them.
 
     A batch closes when it holds ``max_batch`` crops or when its oldest crop has waited
-    ``max_wait_ms``, so latency stays bounded at low rates and throughput high at high ones.
+    ``max_wait_ms`` (unset: by the classifier's device, ``DEFAULT_WAIT_MS``), so latency
+    stays bounded at low rates and throughput high at high ones.
     ``submit`` never blocks: a full input queue drops the crop and counts it; results go to
     ``results`` as one list of :class:`Classified` per batch (bounded; pass your own queue to
     share one, e.g. a decider's inbox), and a full results queue also counts its drops.
@@ -179,7 +186,8 @@ class BatchClassifier:
     one put, so a batch costs two wake-ups, not two per crop.
     """
 
-    def __init__(self, classifier: Classifier, max_batch: int = 64, max_wait_ms: float = 2.0,
+    def __init__(self, classifier: Classifier, max_batch: int = 64,
+                 max_wait_ms: float | None = None,
                  queue_size: int = 1024, threads: int = 1,
                  results: queue.Queue | None = None, nice: int = 0, lossless: bool = False):
         self.classifier = classifier
@@ -189,6 +197,8 @@ class BatchClassifier:
         self.threads = threads
         self.nice = nice
         self.max_batch = max_batch
+        if max_wait_ms is None:
+            max_wait_ms = DEFAULT_WAIT_MS[classifier.device.type]
         self.max_wait_ns = int(max_wait_ms * 1e6)
         self.inbox: queue.Queue = queue.Queue(queue_size)
         self.results: queue.Queue = results if results is not None else queue.Queue(queue_size)
@@ -199,6 +209,8 @@ class BatchClassifier:
         self._thread = threading.Thread(target=self._run, name="classifier", daemon=True)
 
     def start(self) -> BatchClassifier:
+        log.info("classifier batches up to %d crops, waiting at most %g ms (%s)",
+                 self.max_batch, self.max_wait_ns / 1e6, self.classifier.device.type)
         self._thread.start()
         return self
 
