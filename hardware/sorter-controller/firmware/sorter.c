@@ -46,6 +46,18 @@ static uint64_t ticks_now(void)
     return (hi << 16) | lo;
 }
 
+/* Count a pending overflow here, as its interrupt would, and clear its flag. Call with
+ * interrupts off, before any other write to TIFR1: simavr 1.6 loses a pending TOV1 on a
+ * TIFR1 write that leaves its bit 0 (on the chip such a write leaves it), and the clock
+ * then reads up to a timer period back until the overflow is counted. */
+static void take_overflow(void)
+{
+    if (TIFR1 & _BV(TOV1)) {
+        overflows++;
+        TIFR1 = _BV(TOV1);
+    }
+}
+
 static uint64_t now_us(void)
 {
     uint8_t sreg = SREG;
@@ -173,7 +185,9 @@ static void service(void)
         }
         edge_rise = rise;
         OCR1A = (uint16_t)next;
-        TIFR1 = _BV(OCF1A);
+        take_overflow();
+        if (TIFR1 & _BV(OCF1A))
+            TIFR1 = _BV(OCF1A); /* a match of the old value while the interrupt was off */
         TIMSK1 |= _BV(OCIE1A);
         if (ticks_now() + 2 < next)
             return; /* the compare match will come */
