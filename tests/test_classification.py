@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -317,6 +318,8 @@ def test_the_batch_window_defaults_by_the_classifier_device(tmp_path):
     assert BatchClassifier(clf, max_wait_ms=0.5).max_wait_ns == 500_000
     clf.device = torch.device("cuda")  # only the window is looked at: no GPU needed
     assert BatchClassifier(clf).max_wait_ns == 2_000_000
+    # Any object with a ``predict`` is a classifier to the stage (a test double, say).
+    assert BatchClassifier(SimpleNamespace(predict=clf.predict)).max_wait_ns == 10_000_000
 
 
 def test_flush_closes_the_batch_without_waiting_out_its_window(tmp_path):

@@ -169,11 +169,17 @@ class BatchStats:
 DEFAULT_WAIT_MS = {"cpu": 10.0, "cuda": 2.0}
 
 
+def default_wait_ms(classifier) -> float:
+    """The batch window for a classifier's device; the CPU's for a predictor without one."""
+    device = getattr(classifier, "device", None)
+    return DEFAULT_WAIT_MS["cuda" if device is not None and device.type == "cuda" else "cpu"]
+
+
 class BatchClassifier:
     """A thread that batches crops from many frames and classifies them.
 
     A batch closes when it holds ``max_batch`` crops or when its oldest crop has waited
-    ``max_wait_ms`` (unset: by the classifier's device, ``DEFAULT_WAIT_MS``), so latency
+    ``max_wait_ms`` (unset: by the classifier's device, ``default_wait_ms``), so latency
     stays bounded at low rates and throughput high at high ones.
     ``submit`` never blocks: a full input queue drops the crop and counts it; results go to
     ``results`` as one list of :class:`Classified` per batch (bounded; pass your own queue to
@@ -198,7 +204,7 @@ class BatchClassifier:
         self.nice = nice
         self.max_batch = max_batch
         if max_wait_ms is None:
-            max_wait_ms = DEFAULT_WAIT_MS[classifier.device.type]
+            max_wait_ms = default_wait_ms(classifier)
         self.max_wait_ns = int(max_wait_ms * 1e6)
         self.inbox: queue.Queue = queue.Queue(queue_size)
         self.results: queue.Queue = results if results is not None else queue.Queue(queue_size)
@@ -209,8 +215,8 @@ class BatchClassifier:
         self._thread = threading.Thread(target=self._run, name="classifier", daemon=True)
 
     def start(self) -> BatchClassifier:
-        log.info("classifier batches up to %d crops, waiting at most %g ms (%s)",
-                 self.max_batch, self.max_wait_ns / 1e6, self.classifier.device.type)
+        log.info("classifier batches up to %d crops, waiting at most %g ms",
+                 self.max_batch, self.max_wait_ns / 1e6)
         self._thread.start()
         return self
 
