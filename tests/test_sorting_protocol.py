@@ -262,6 +262,33 @@ def _check_gate(path: Path, done: dict[int, int], widths: dict[int, int]) -> Non
         assert abs((fall - rise) - widths[i]) <= WIDTH_TOLERANCE_US
 
 
+def test_edges_at_the_timer_wrap_keep_the_clock(wire, controller):
+    """The firmware's clock is Timer1 (2 ticks/µs, wrapping every 32,768 µs) plus a count of
+    its overflows. A pulse that starts 1 µs before a wrap has its compare interrupt run with
+    the overflow pending, and the next edge is set up there. simavr 1.6 lost the pending
+    overflow on that set-up's write to TIFR1: the clock read a period back and the watchdog
+    tripped at once (now − last line wrapped around)."""
+    period_us = 32_768
+    assert wire.request("ARM", "OK") == "OK ARM"
+    done, widths = {}, {}
+    for i in range(1, 4):
+        t = wire.now()
+        at = (t // period_us + 2) * period_us - 1
+        widths[i] = 300
+        wire.send(f"FIRE {i} {at} {widths[i]}")
+        assert wire.expect("ACK")[0] == f"ACK {i}"
+        line, before = wire.expect("DONE", timeout=2.0)
+        assert not before, before  # no EVENT DISARMED, no CANCELLED
+        done[i] = int(line.split()[2])
+        assert 0 <= done[i] - at <= DONE_TOLERANCE_US, (i, done[i] - at)
+        assert wire.now() >= at + widths[i]  # the clock went on past the wrap
+    time.sleep(0.1)  # a step back trips the watchdog on the controller's next turn
+    assert not wire.waiting()
+    assert "armed=1 pending=0 fired=3" in wire.request("STATUS", "STATUS")
+    if controller.gate_log is not None:
+        _check_gate(controller.gate_log, done, widths)
+
+
 def test_miss_when_late_never_fired(wire):
     wire.request("ARM", "OK")
     t = wire.now()
