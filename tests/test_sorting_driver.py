@@ -46,8 +46,12 @@ RESYNC_TOLERANCE_US = 1000
 
 
 def true_error_us(link: SorterLink, outcome) -> float:
+    """Where the emulated board's timer started the pulse, against its target, on the board's
+    true clock (µs; its drift of tens of ppm is nothing over a pulse's lead). Not when the
+    emulator's thread got round to logging it: that thread wakes up to a millisecond late on a
+    busy host (924 µs in one CI run), which a board's timer does not."""
     entry = {e.id: e for e in link.emulator.pulse_log()}[outcome.wire_id]
-    return (entry.start_host_ns - outcome.target_host_ns) / 1000
+    return entry.start_t - link.emulator.clock_us(outcome.target_host_ns)
 
 
 @pytest.fixture
