@@ -199,6 +199,42 @@ def test_the_decision_thread_widens_a_pulse_up_to_a_neighbour_not_a_ctc(tmp_path
     assert list(decider._windows) == [3]
 
 
+@pytest.mark.parametrize(("diameter_um", "frames", "counted"),
+                         [(6.0, 3, False), (6.0, 4, True), (11.0, 2, True)])
+def test_a_track_smaller_than_any_leukocyte_needs_more_frames_to_count(tmp_path, diameter_um,
+                                                                      frames, counted):
+    """Debris near the segmentation's size limit is found in a frame or two of its crossing:
+    a track that small, seen in fewer than min_small_track_length frames, is noise (not a
+    cell, never fired), however CTC-like its crops; a cell-sized track needs only
+    min_track_length."""
+    from ctc_live.classification.inference import Classified
+    from ctc_live.pipeline.decider import Decider
+    from ctc_live.pipeline.messages import Observation, TrackEnded
+    from ctc_live.storage.store import RunStore
+
+    config = Config()
+    assert config.tracking.min_track_length == 2
+    assert config.tracking.min_small_track_length == 4 and config.tracking.small_track_um == 7
+    store, sorter = RunStore(tmp_path / "run.sqlite").start(), RecordingSorter()
+    decider = Decider(config, store, sorter, lossless=True)
+    crop = np.zeros((30, 30), np.float32)
+    fit, exposure_ns = line(), time.monotonic_ns()
+    for k in range(frames):
+        observation = Observation(1, k, exposure_ns, exposure_ns, None, 1.0, 250.0 + 20 * k,
+                                  240.0, diameter_um, 5000.0, fit, True, None,
+                                  k == frames - 1, crop, k)
+        decider.handle(observation)
+        decider.handle(Classified(observation, 0.99, 0, 0, 1))
+    decider.handle(TrackEnded(1, frames, exposure_ns, exposure_ns))
+    decider.finish()
+    store.close()
+    counts = decider.counts
+    assert (counts.cells, counts.ctc, counts.noise_tracks) == ((1, 1, 0) if counted
+                                                               else (0, 0, 1))
+    assert len(sorter.pulses) == int(counted)
+    assert decider.decision(1) == ("ctc" if counted else "pending")
+
+
 def test_a_span_pulse_covers_both_cells_of_a_blob_of_two():
     from ctc_live.pipeline.decision import COINCIDENT_APART_UM, ends_apart_um
 
