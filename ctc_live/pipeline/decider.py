@@ -269,8 +269,9 @@ class Decider:
         """Whether a track has the detections to count as a cell. One smaller than any
         leukocyte needs more: simulated debris (1.5-5 µm, measured up to 6.8 µm with its
         halo) passes the segmentation's size limit in 2-3 frames of its crossing, a cell of
-        that size in 9 or more, and such debris tracks decided CTC were 12 of 538 pulses at
-        0.5% CTC (eight 120 s scenes offline), 36 of 564 with the limit at 5.5 µm."""
+        that size in 9 or more. Pulses for debris tracks at 0.5% CTC (eight 120 s scenes
+        offline): 12 of 538 with the size limit at 6 µm, 36 of 564 at 5.5 µm, 4 of 532 at
+        5.5 µm with this rule (see README, What counts as a cell)."""
         tracking = self.config.tracking
         if ev.diameter_um < tracking.small_track_um:
             return ev.n_obs >= max(tracking.min_track_length, tracking.min_small_track_length)
