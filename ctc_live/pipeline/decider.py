@@ -273,9 +273,12 @@ class Decider:
         offline): 12 of 538 with the size limit at 6 µm, 36 of 564 at 5.5 µm, 4 of 532 at
         5.5 µm with this rule (see README, What counts as a cell)."""
         tracking = self.config.tracking
-        if ev.diameter_um < tracking.small_track_um:
-            return ev.n_obs >= max(tracking.min_track_length, tracking.min_small_track_length)
-        return ev.n_obs >= tracking.min_track_length
+        if ev.n_obs < tracking.min_track_length:
+            return False
+        # The median diameter (a sort) only where the count alone does not settle it: this
+        # runs for every observation and score of an undecided track.
+        return (ev.n_obs >= tracking.min_small_track_length
+                or ev.diameter_um >= tracking.small_track_um)
 
     def _decide(self, ev: Evidence, p_ctc: float | None) -> None:
         ev.p_decided, ev.threshold = p_ctc, self.threshold
