@@ -64,6 +64,14 @@ BAD_CONFIGS = {
         "sorter:\n  coincidence: both\n",
         ["sorter.coincidence", "'both'", "'centroid' or 'span'"],
     ),
+    "small-track length not positive": (
+        "tracking:\n  min_small_track_length: 0\n",
+        ["tracking.min_small_track_length", "0", "greater than 0"],
+    ),
+    "negative small-track size": (
+        "tracking:\n  small_track_um: -7\n",
+        ["tracking.small_track_um", "-7", "greater than or equal to 0"],
+    ),
     "unreadable yaml": ("camera: [unclosed\n", ["not valid YAML"]),
     "not a mapping": ("- a\n- b\n", ["expected a mapping"]),
 }
