@@ -312,6 +312,35 @@ def test_an_aimed_pulse_widens_up_to_its_companion_and_no_further():
     assert start_ns / 1e9 == pytest.approx(before[1], abs=1e-9)
 
 
+def test_an_aimed_pulse_on_a_line_of_few_frames_covers_the_centroid_line_too():
+    """A cell's line fitted to the few frames its blob held two says little of its speed,
+    and the blob's own line (the track's cell alone in its other frames) may be the better
+    one: the pulse covers both crossings, up to span_max_um centred on the cell's."""
+    from ctc_live.pipeline.decision import AIM_SURE_POINTS, sorter_window
+
+    sorter = SorterConfig(min_pulse_us=1, span_max_um=25)
+    um = 1 / 5000  # s of travel per µm
+    fit = line(velocity=1200 / (1200 / 5000 - 9 * um))  # its crossing 9 µm before the cell's
+    companion = line(velocity=1200 / (1200 / 5000 + 40 * um))  # far behind: no limit
+
+    def window(cell):
+        start_ns, width_us = plan_pulse(fit, True, 1.0, 10**9, sorter, (cell, companion), (0,))
+        return start_ns / 1e9, start_ns / 1e9 + width_us / 1e6
+
+    sure = line(n=AIM_SURE_POINTS, span_s=0.05)
+    first, last = window(sure)
+    assert first > fit.t_at(1500)  # on the cell's own line only
+    short = line(n=AIM_SURE_POINTS - 1, span_s=0.05)
+    first, last = window(short)
+    crossing = short.t_at(1500)
+    assert first < fit.t_at(1500) < crossing < last
+    assert last == pytest.approx(sorter_window(short, False, sorter, True)[1], abs=1e-9)
+    # Further off, the pulse stops half of span_max_um before the cell's crossing.
+    fit = line(velocity=1200 / (1200 / 5000 - 30 * um))
+    first, last = window(short)
+    assert (crossing - first) / um == pytest.approx(12.5)
+
+
 def test_a_blob_of_two_cells_is_decided_on_each_cells_crops_when_it_leaves():
     ev = evidence([0.1, 0.1, 0.1], crops=3)
     ev.two_cells_early = True  # end crops came with its first crops

@@ -250,6 +250,22 @@ def test_a_blob_of_two_cells_has_a_line_for_each_cell_whatever_their_orientation
                  n=ENDS_MIN_POINTS - 1).ends is None
 
 
+def test_a_run_of_frames_where_a_third_cell_joined_the_blob_is_left_out_of_its_lines():
+    """The blob's last three frames of twelve hold another pair, 2.5 µm off the cells' paths:
+    least squares bends towards such a run, so that none of it looks far off the bent line;
+    the line through the other nine has each cell's speed."""
+    t = Track(1)
+    for i in range(12):
+        ts = i / FPS
+        xa, xb = 20.0 + 5000.0 * ts, 25.0 + 5200.0 * ts
+        if i >= 9:
+            xa, xb = xa + 2.5, xb + 2.5
+        t.add(i, ts, (xa + xb) / 2, 120.5, pair=(xa, 120.0, xb, 121.0))
+    rear, front = t.ends
+    assert (rear.velocity, front.velocity) == (pytest.approx(5000.0), pytest.approx(5200.0))
+    assert rear.n == front.n == 9
+
+
 def test_detections_touching_as_circles():
     from ctc_live.pipeline.segmenting import TOUCH_GAP_UM, touching
 
