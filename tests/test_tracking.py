@@ -264,6 +264,13 @@ def test_a_run_of_frames_where_a_third_cell_joined_the_blob_is_left_out_of_its_l
     rear, front = t.ends
     assert (rear.velocity, front.velocity) == (pytest.approx(5000.0), pytest.approx(5200.0))
     assert rear.n == front.n == 9
+    # A recording's repeated frame (its timestamp twice) gives no slope, and no error.
+    t = Track(2)
+    for i in (0, 1, 2, 2, 3, 4):
+        ts = i / FPS
+        t.add(i, ts, 22.5 + 5100.0 * ts, 120.5,
+              pair=(20.0 + 5000.0 * ts, 120.0, 25.0 + 5200.0 * ts, 121.0))
+    assert [line.velocity for line in t.ends] == [pytest.approx(5000.0), pytest.approx(5200.0)]
 
 
 def test_detections_touching_as_circles():
