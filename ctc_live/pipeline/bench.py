@@ -146,7 +146,7 @@ def bench_pipeline(options: BenchOptions) -> list[Figure]:
     return figures
 
 
-# Scenes the widening is compared on, each run twice side by side (the README's targets table).
+# Scenes the widening is compared on, each run twice side by side (docs/live-pipeline.md, Widening).
 WIDENING_SEEDS = (0, 1, 2)
 
 

@@ -271,7 +271,7 @@ class Decider:
         halo) passes the segmentation's size limit in 2-3 frames of its crossing, a cell of
         that size in 9 or more. Pulses for debris tracks at 0.5% CTC (eight 120 s scenes
         offline): 12 of 538 with the size limit at 6 µm, 36 of 564 at 5.5 µm, 4 of 532 at
-        5.5 µm with this rule (see README, What counts as a cell)."""
+        5.5 µm with this rule (see docs/live-pipeline.md, What counts as a cell)."""
         tracking = self.config.tracking
         if ev.n_obs < tracking.min_track_length:
             return False
